@@ -1,0 +1,1 @@
+"""Evaluation: ELBO / IWAE bounds (VAE), FID (image models), next-token loss (LM)."""

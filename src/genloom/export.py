@@ -1,0 +1,193 @@
+"""Self-describing model files: safetensors weights + metadata that rebuilds the model from the file alone.
+
+``__metadata__`` (all strings): ``genloom.format`` (version), ``genloom.kind``, ``genloom.config`` (JSON of the
+config dataclass), ``genloom.provenance`` (JSON: dataset, metrics, genloom version, …), and per-kind extras such
+as ``genloom.vocab`` (JSON list of characters) for the LM. Weights are loaded memory-mapped; nothing is pickled.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import genloom
+from genloom.errors import ModelFileError
+from genloom.models import model_class
+from genloom.models.base import config_from_dict, config_to_json
+
+FORMAT_VERSION = "1"
+SUPPORTED_FORMATS = {"1"}
+MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """What the header says, without touching the weights."""
+
+    path: Path
+    kind: str
+    format: str
+    config: dict[str, Any]
+    provenance: dict[str, Any]
+    metadata: dict[str, str]
+    tensors: dict[str, tuple[str, list[int]]]  # name -> (dtype, shape)
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "_orig_mod", model)  # never save the torch.compile wrapper's prefixed names
+
+
+def save(model: torch.nn.Module, path: str | Path, *, provenance: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` to ``path`` atomically (temp file + fsync + rename)."""
+    model = _unwrap(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "genloom.format": FORMAT_VERSION,
+        "genloom.kind": model.kind,
+        "genloom.config": config_to_json(model.config),
+        "genloom.provenance": json.dumps({"genloom_version": genloom.__version__, **(provenance or {})},
+                                         sort_keys=True, default=str),
+        **model.export_extras(),
+    }
+    # Tied weights (e.g. the LM head) are stored once, under the first name: safetensors refuses shared storage.
+    state = model.state_dict()
+    tensors = {name: state[name].detach().contiguous().cpu() for name in set(_aliases(model).values())}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_header(path: str | Path) -> ModelFile:
+    """Parse and validate the safetensors header and genloom metadata (raises ModelFileError)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ModelFileError(f"{path}: not a safetensors file (only {size} bytes)")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER or n + 8 > size:
+                raise ModelFileError(f"{path}: not a safetensors file, or truncated (header length {n}, "
+                                     f"file {size} bytes)")
+            raw = f.read(n)
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: no such model file") from None
+    except IsADirectoryError:
+        raise ModelFileError(f"{path}: is a directory; pass the .safetensors file (e.g. {path}/model.safetensors)"
+                             ) from None
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ModelFileError(f"{path}: not a safetensors file (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{path}: not a safetensors file (header is not a JSON object)")
+    meta = header.pop("__metadata__", None) or {}
+    end = 0
+    tensors = {}
+    for name, info in header.items():
+        try:
+            tensors[name] = (info["dtype"], list(info["shape"]))
+            end = max(end, int(info["data_offsets"][1]))
+        except (TypeError, KeyError, IndexError, ValueError):
+            raise ModelFileError(f"{path}: malformed safetensors entry for tensor {name!r}") from None
+    if 8 + n + end > size:
+        raise ModelFileError(f"{path}: truncated: the header describes {8 + n + end} bytes, the file has {size}; "
+                             f"copy or export it again")
+    if "genloom.kind" not in meta:
+        raise ModelFileError(f"{path}: a safetensors file but not a genloom export (no genloom.kind metadata)")
+    fmt = meta.get("genloom.format", "?")
+    if fmt not in SUPPORTED_FORMATS:
+        raise ModelFileError(f"{path}: genloom format version {fmt!r} is not supported by genloom "
+                             f"{genloom.__version__} (supports {', '.join(sorted(SUPPORTED_FORMATS))}); upgrade genloom")
+    try:
+        config = json.loads(meta["genloom.config"])
+        provenance = json.loads(meta.get("genloom.provenance", "{}"))
+    except (KeyError, json.JSONDecodeError):
+        raise ModelFileError(f"{path}: genloom.config metadata is missing or not JSON") from None
+    return ModelFile(path, meta["genloom.kind"], fmt, config, provenance, meta, tensors)
+
+
+def build(info: ModelFile) -> torch.nn.Module:
+    """Construct an (uninitialised-weights) model of the right class and config from the header."""
+    try:
+        cls = model_class(info.kind)
+    except KeyError as e:
+        raise ModelFileError(f"{info.path}: {e.args[0]}; this file needs a newer genloom") from None
+    try:
+        config = config_from_dict(cls.config_class, info.config)
+        if hasattr(cls, "from_metadata"):
+            return cls.from_metadata(config, info.metadata)
+        return cls(config)
+    except (TypeError, ValueError) as e:
+        raise ModelFileError(f"{info.path}: invalid {info.kind} config in metadata: {e}") from None
+
+
+def load(path: str | Path, *, device: str = "cpu") -> torch.nn.Module:
+    """Rebuild the model from the file alone; weights are read memory-mapped. Returns the model in eval mode."""
+    info = read_header(path)
+    with torch.device("meta"):
+        model = build(info)
+    expected = model.state_dict()
+    aliases = _aliases(model)  # tied weights are stored once; map every name to the stored one
+    stored = set(info.tensors)
+    missing = sorted({aliases[k] for k in expected} - stored)
+    extra = sorted(stored - {aliases[k] for k in expected})
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors {missing[:5]}")
+        if extra:
+            parts.append(f"unexpected tensors {extra[:5]}")
+        raise ModelFileError(f"{info.path}: weights do not match its {info.kind} config: " + "; ".join(parts))
+    for name, t in expected.items():
+        dtype, shape = info.tensors[aliases[name]]
+        if list(t.shape) != shape:
+            raise ModelFileError(f"{info.path}: tensor {name!r} has shape {shape}, the config needs "
+                                 f"{list(t.shape)}")
+    state = {}
+    try:
+        with safe_open(str(info.path), framework="pt", device=device) as f:
+            stored_tensors = {k: f.get_tensor(k) for k in stored}
+        state = {name: stored_tensors[aliases[name]] for name in expected}
+    except Exception as e:  # safetensors raises its own error types for corrupt data
+        raise ModelFileError(f"{info.path}: cannot read weights ({e}); the file is corrupt — export it again"
+                             ) from None
+    model.load_state_dict(state, assign=True)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    model.eval()
+    return model
+
+
+def _aliases(model: torch.nn.Module) -> dict[str, str]:
+    """State-dict name -> the first name of the same parameter/buffer object (tied weights share one)."""
+    ids: dict[str, int] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        ids[name] = id(p)
+    for name, b in model.named_buffers(remove_duplicate=False):
+        ids[name] = id(b)
+    first: dict[int, str] = {}
+    out = {}
+    for name in model.state_dict(keep_vars=True):
+        key = ids.get(name, id(name))
+        out[name] = first.setdefault(key, name)
+    return out

@@ -1,0 +1,17 @@
+"""Model families behind one protocol (see ``base.py``). ``model_class(kind)`` maps a file's kind to its class."""
+from __future__ import annotations
+
+import importlib
+
+# kind -> "module:Class"; imported lazily so that loading one family never imports the others
+KINDS: dict[str, str] = {
+    "vae": "genloom.models.vae:VAE",
+}
+
+
+def model_class(kind: str) -> type:
+    try:
+        mod, cls = KINDS[kind].split(":")
+    except KeyError:
+        raise KeyError(f"unknown model kind {kind!r}; known: {', '.join(sorted(KINDS))}") from None
+    return getattr(importlib.import_module(mod), cls)

@@ -1,0 +1,128 @@
+"""Variational autoencoder (Kingma & Welling 2014), with β-VAE and conditional (CVAE) options.
+
+The default is the lecture's MLP: encoder 784→400→(μ, log σ²) with a 20-d latent, decoder 20→400→784 with a
+sigmoid (Bernoulli means). ``dec_hidden=(400, 800)`` gives the larger decoder 20→400→800→784.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genloom.models.base import GenerativeModel, LossOutput
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    x_dim: int = 784
+    enc_hidden: tuple[int, ...] = (400,)
+    dec_hidden: tuple[int, ...] = (400,)
+    latent: int = 20
+    likelihood: str = "bernoulli"  # "bernoulli" (BCE) | "gaussian" (learned global σ)
+    beta: float = 1.0  # β-VAE weight on the KL term (1.0 = the plain ELBO)
+    num_classes: int = 0  # > 0: conditional VAE, one-hot label into encoder and decoder
+    image_shape: tuple[int, ...] = (1, 28, 28)
+
+    def __post_init__(self) -> None:
+        if self.likelihood not in ("bernoulli", "gaussian"):
+            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', not {self.likelihood!r}")
+        if self.latent < 1 or self.beta < 0 or self.num_classes < 0:
+            raise ValueError("latent must be ≥ 1, beta ≥ 0, num_classes ≥ 0")
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class VAE(GenerativeModel):
+    kind: ClassVar[str] = "vae"
+    config_class: ClassVar[type] = VAEConfig
+
+    def __init__(self, config: VAEConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.encoder = nn.Sequential(_mlp([c.x_dim + c.num_classes, *c.enc_hidden]), nn.ReLU())
+        self.fc_mu = nn.Linear(c.enc_hidden[-1], c.latent)
+        self.fc_logvar = nn.Linear(c.enc_hidden[-1], c.latent)
+        self.decoder = _mlp([c.latent + c.num_classes, *c.dec_hidden, c.x_dim])  # → logits
+        if c.likelihood == "gaussian":
+            self.log_sigma = nn.Parameter(torch.zeros(()))
+
+    # -- pieces -------------------------------------------------------------------------------------------
+    def _onehot(self, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        if not self.config.num_classes:
+            return None
+        if labels is None:
+            raise ValueError("this is a conditional VAE: pass labels")
+        return F.one_hot(labels.long(), self.config.num_classes).to(self.fc_mu.weight.dtype)
+
+    def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z|x) = N(μ, diag σ²); returns (μ, log σ²), each (B, latent)."""
+        h = x.reshape(len(x), -1)  # (B, 784)
+        y = self._onehot(labels, len(x))
+        if y is not None:
+            h = torch.cat([h, y], dim=1)  # (B, 784 + C)
+        h = self.encoder(h)
+        return self.fc_mu(h), self.fc_logvar(h)
+
+    def decode_logits(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        y = self._onehot(labels, len(z))
+        if y is not None:
+            z = torch.cat([z, y], dim=-1)  # (..., latent + C)
+        return self.decoder(z)  # (..., 784)
+
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean image in [0, 1], shape (B, 1, 28, 28)."""
+        out = self.decode_logits(z, labels)
+        mean = torch.sigmoid(out)
+        return mean.reshape(len(z), *self.config.image_shape)  # (B, 1, 28, 28)
+
+    def log_px_given_z(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) summed over pixels; broadcasts over leading sample dims. x: (B, 784) in [0, 1]."""
+        if self.config.likelihood == "bernoulli":
+            # Bernoulli: log p = Σ x log p + (1-x) log(1-p) = -BCE(sigmoid(logits), x), computed from logits
+            return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+        # Gaussian with mean sigmoid(logits) and learned global σ: log N(x; μ, σ²) = -½[(x-μ)²/σ² + log 2πσ²]
+        mu = torch.sigmoid(logits)
+        ls = self.log_sigma
+        return (-0.5 * ((x - mu) ** 2 * torch.exp(-2 * ls) + 2 * ls + LOG_2PI)).sum(-1)
+
+    # -- protocol -------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        mu, _ = self.encode(x, labels)
+        return self.decode(mu, labels)
+
+    def loss(self, batch: Any) -> LossOutput:
+        x, labels = batch
+        x = x.reshape(len(x), -1)  # (B, 784) in [0, 1]
+        mu, logvar = self.encode(x, labels)
+        # Reparameterization: z = μ + σ ⊙ ε, ε ~ N(0, I), so the gradient flows through μ and σ
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        recon = -self.log_px_given_z(self.decode_logits(z, labels), x)  # (B,)  -E_q[log p(x|z)], 1 sample
+        # KL(q(z|x) || N(0, I)) = -½ Σ (1 + log σ² - μ² - σ²)   (Kingma & Welling 2014, Appendix B)
+        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1)  # (B,)
+        # Negative ELBO per image = recon + KL; β-VAE weights the KL: recon + β·KL
+        loss = (recon + self.config.beta * kl).mean()
+        nelbo = (recon + kl).detach().mean()
+        return LossOutput(loss, {"nelbo": nelbo.item(), "recon": recon.mean().item(), "kl": kl.mean().item()},
+                          n=len(x))
+
+    @torch.no_grad()
+    def generate(self, n: int, *, generator: torch.Generator | None = None,
+                 labels: torch.Tensor | None = None, **kw: Any) -> torch.Tensor:
+        """n samples from the prior, decoded to mean images in [0, 1]: (n, 1, 28, 28)."""
+        z = torch.randn(n, self.config.latent, generator=generator, dtype=self.fc_mu.weight.dtype)
+        if self.config.num_classes and labels is None:
+            labels = torch.arange(n) % self.config.num_classes
+        return self.decode(z, labels)

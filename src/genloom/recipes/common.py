@@ -1,0 +1,115 @@
+"""What every ``genloom train <family>`` shares: flags, preset resolution, the run itself."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+import torch
+
+from genloom.data.batches import BatchSource
+from genloom.models.base import GenerativeModel
+from genloom.train.schedules import SCHEDULES
+from genloom.train.trainer import TrainConfig, Trainer
+
+
+@dataclass
+class Built:
+    model: GenerativeModel
+    train: BatchSource
+    val: BatchSource | None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    on_epoch_end: list[Callable[[Trainer], None]] = field(default_factory=list)
+    after: Callable[[Path, Trainer], dict[str, Any]] | None = None  # final evaluation, printed as a summary
+
+
+# flag -> (TrainConfig field, type, help). Defaults are None so that preset and family defaults can fill in.
+TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
+    "--epochs": ("epochs", int, "passes over the training set"),
+    "--steps": ("steps", int, "optimizer steps in total (overrides --epochs for the schedule)"),
+    "--time-budget": ("time_budget", float, "stop cleanly after this many seconds of training"),
+    "--batch-size": ("batch_size", int, "batch size"),
+    "--lr": ("lr", float, "peak learning rate (AdamW)"),
+    "--weight-decay": ("weight_decay", float, "AdamW weight decay (matrices only)"),
+    "--schedule": ("schedule", str, f"learning-rate schedule: {', '.join(SCHEDULES)}"),
+    "--warmup-steps": ("warmup_steps", int, "linear warmup steps (warmup-cosine)"),
+    "--min-lr-ratio": ("min_lr_ratio", float, "cosine floor as a fraction of the peak LR"),
+    "--grad-clip": ("grad_clip", float, "clip the global gradient norm to this value (0 = off)"),
+    "--val-every": ("val_every", int, "validate every K steps (default: every epoch)"),
+    "--val-batches": ("val_batches", int, "cap on validation batches (default: whole validation set)"),
+    "--patience": ("patience", int, "early stopping: validations without improvement before stopping"),
+    "--min-delta": ("min_delta", float, "early stopping: the improvement that counts"),
+    "--checkpoint-every": ("checkpoint_every", int, "write checkpoints/last.pt every N epochs"),
+    "--log-every": ("log_every", int, "write a metrics.jsonl record every N steps"),
+    "--seed": ("seed", int, "random seed (data order, initialisation, noise)"),
+}
+
+
+def add_common_args(p: argparse.ArgumentParser, rec: ModuleType) -> None:
+    p.add_argument("--out", required=True, type=Path,
+                   help="run directory: model.safetensors, metrics.jsonl, loss.png, samples/, checkpoints/")
+    p.add_argument("--preset", choices=sorted(rec.PRESETS) or None, default=None,
+                   help="named recipe: " + "; ".join(f"{k}: {v.get('_doc', '')}" for k, v in rec.PRESETS.items())
+                   if rec.PRESETS else "no presets for this family")
+    p.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoints/last.pt")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("training (defaults depend on the family and preset)")
+    for flag, (_, typ, help_) in TRAIN_FLAGS.items():
+        d = rec.DEFAULTS.get(TRAIN_FLAGS[flag][0])
+        g.add_argument(flag, type=typ, default=None, help=help_ + (f" (default: {d})" if d is not None else ""))
+
+
+def train_config(args: argparse.Namespace, rec: ModuleType) -> TrainConfig:
+    """Explicit flag > preset > family default > TrainConfig default."""
+    merged: dict[str, Any] = {}
+    merged.update(rec.DEFAULTS)
+    if args.preset:
+        merged.update({k: v for k, v in rec.PRESETS[args.preset].items() if not k.startswith("_")
+                       and k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    for flag, (name, _, _) in TRAIN_FLAGS.items():
+        v = getattr(args, name)
+        if v is not None:
+            merged[name] = v
+    lengths = ("epochs", "steps", "time_budget")
+    if any(getattr(args, n) is not None for n in lengths):  # an explicit run length replaces the default one
+        for n in lengths:
+            if getattr(args, n) is None:
+                merged.pop(n, None)
+    if merged.get("grad_clip") == 0:
+        merged["grad_clip"] = None
+    return TrainConfig(out=str(args.out), progress=not args.no_progress and sys.stderr.isatty(), **{
+        k: v for k, v in merged.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+
+
+def preset_value(args: argparse.Namespace, rec: ModuleType, name: str, default: Any) -> Any:
+    """A family-specific option: explicit flag > preset > default."""
+    v = getattr(args, name, None)
+    if v is not None:
+        return v
+    if args.preset and name in rec.PRESETS[args.preset]:
+        return rec.PRESETS[args.preset][name]
+    return default
+
+
+def run(rec: ModuleType, args: argparse.Namespace) -> dict[str, Any]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tcfg = train_config(args, rec)
+    torch.manual_seed(tcfg.seed)  # initialisation is part of the seeded run
+    built: Built = rec.build(args, tcfg)
+    argv = [a for a in sys.argv[1:] if a != "--resume"]
+    trainer = Trainer(built.model, tcfg, built.train, built.val, provenance=built.provenance,
+                      on_epoch_end=built.on_epoch_end, resume=args.resume,
+                      resume_cmd="genloom " + shlex.join(argv) + " --resume")
+    path = trainer.fit()
+    summary: dict[str, Any] = {"model": str(path), "steps": trainer.step, "epochs": trainer.epoch,
+                               "train_seconds": round(trainer.elapsed, 1)}
+    if built.after is not None:
+        summary.update(built.after(path, trainer))
+    return summary

@@ -1,0 +1,52 @@
+"""Atomic, resumable checkpoints.
+
+A checkpoint holds model and optimizer state dicts, the trainer's counters and the RNG states. It is written
+to a temp file in the same directory, fsync'd, renamed over the old one and the directory fsync'd, so a kill at
+any moment leaves either the old or the new checkpoint — never a torn one. Loading uses
+``torch.load(weights_only=True)``: tensors and plain containers only, no pickled code.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genloom.errors import GenloomError
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(file_object)`` on a temp file, then fsync + rename it to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise GenloomError(f"{path}: no checkpoint to resume from; start without --resume") from None
+    except Exception as e:  # a corrupt file: name it and the fix
+        raise GenloomError(f"{path}: unreadable checkpoint ({type(e).__name__}); delete it or start without "
+                           f"--resume") from None
