@@ -1,0 +1,145 @@
+"""What every engine shares, torch-free: input validation, seeded noise, and the ``Engine`` base class.
+
+This module imports only numpy, so the torch-free path (``lite.py``) and the torch engines validate inputs the
+same way and draw the same noise for a given seed (numpy PCG64, not torch's generator): a seed gives the same
+images on every backend.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from genloom.errors import GenloomError
+
+MAX_N = 65_536  # images per call; 65,536 × 784 float32 = 205 MB of output
+IMAGE_HW = (28, 28)
+BACKENDS = ("auto", "eager", "compile", "bf16", "int8", "onnx", "numpy")
+
+
+class InputError(GenloomError, ValueError):
+    """Bad input to an engine call; the message names the field and the fix (HTTP edges answer 422)."""
+
+
+def check_n(n: Any, *, field: str = "n", max_n: int = MAX_N) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise InputError(f"{field} must be an integer, got {type(n).__name__}")
+    if not 1 <= int(n) <= max_n:
+        raise InputError(f"{field} must be between 1 and {max_n}, got {n}")
+    return int(n)
+
+
+def check_seed(seed: Any) -> int:
+    """None → a fresh random seed; otherwise a non-negative integer below 2**63."""
+    if seed is None:
+        return int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise InputError(f"seed must be an integer or null, got {type(seed).__name__}")
+    if not 0 <= int(seed) < 2**63:
+        raise InputError(f"seed must be between 0 and 2**63 - 1, got {seed}")
+    return int(seed)
+
+
+def check_labels(labels: Sequence[int] | None, n: int, num_classes: int) -> np.ndarray | None:
+    """(n,) int64 class labels for a conditional model; None for an unconditional one.
+
+    A conditional model given no labels cycles through the classes (0, 1, …, C-1, 0, …), like ``generate``.
+    """
+    if not num_classes:
+        if labels is not None:
+            raise InputError("labels given but this model is not conditional; pass labels=null")
+        return None
+    if labels is None:
+        return np.arange(n, dtype=np.int64) % num_classes
+    try:
+        arr = np.asarray(labels)
+    except Exception:
+        raise InputError("labels must be a list of integers") from None
+    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+        raise InputError(f"labels must be a flat list of integers, got shape {arr.shape} of {arr.dtype}")
+    if len(arr) == 1:
+        arr = np.repeat(arr, n)
+    if len(arr) != n:
+        raise InputError(f"labels has {len(arr)} values but n is {n}; give one label or n labels")
+    bad = arr[(arr < 0) | (arr >= num_classes)]
+    if bad.size:
+        raise InputError(f"labels value {int(bad[0])} out of range 0..{num_classes - 1}")
+    return arr.astype(np.int64)
+
+
+def check_images(x: Any, *, field: str = "x", x_dim: int = 784, max_n: int = MAX_N) -> np.ndarray:
+    """Images (n, 28, 28), (n, 1, 28, 28) or (n, 784), float in [0, 1] → float32 (n, 784)."""
+    try:
+        arr = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InputError(f"{field} must be a float array of images in [0, 1]") from None
+    if arr.ndim < 2 or int(np.prod(arr.shape[1:])) != x_dim:
+        raise InputError(f"{field} must have shape (n, 28, 28) or (n, {x_dim}), got {arr.shape}")
+    check_n(len(arr), field=f"len({field})", max_n=max_n)
+    flat = arr.reshape(len(arr), x_dim)  # (n, 784)
+    if not np.isfinite(flat).all() or flat.min() < 0.0 or flat.max() > 1.0:
+        raise InputError(f"{field} values must be finite and in [0, 1]; scale 8-bit images by 1/255")
+    return flat
+
+
+def check_latent(z: Any, latent: int, *, field: str = "z", max_n: int = MAX_N) -> np.ndarray:
+    """Latent codes (n, latent) or (latent,) → float32 (n, latent)."""
+    try:
+        arr = np.asarray(z, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InputError(f"{field} must be a float array of shape (n, {latent})") from None
+    if arr.ndim == 1:
+        arr = arr[None]  # (1, latent)
+    if arr.ndim != 2 or arr.shape[1] != latent:
+        raise InputError(f"{field} must have shape (n, {latent}), got {np.shape(z)}")
+    check_n(len(arr), field=f"len({field})", max_n=max_n)
+    if not np.isfinite(arr).all():
+        raise InputError(f"{field} values must be finite")
+    return arr
+
+
+def check_steps(steps: Any) -> int:
+    return check_n(steps, field="steps", max_n=1024)
+
+
+def noise(seed: int, n: int, dim: int) -> np.ndarray:
+    """Standard normal (n, dim) float32 from numpy's PCG64: the same on every backend for a given seed."""
+    return np.random.default_rng(seed).standard_normal((n, dim), dtype=np.float32)
+
+
+def onehot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.eye(num_classes, dtype=np.float32)[labels]  # (n, C)
+
+
+def slerp(a: np.ndarray, b: np.ndarray, steps: int) -> np.ndarray:
+    """Spherical interpolation between latent codes a, b (latent,) → (steps, latent).
+
+    slerp(t) = sin((1-t)Ω)/sin Ω · a + sin(tΩ)/sin Ω · b,  cos Ω = a·b / (|a||b|); linear when a ∥ b.
+    Gaussian latents concentrate near a sphere, so slerp stays in the typical set where lerp would not.
+    """
+    t = np.linspace(0.0, 1.0, steps, dtype=np.float64)[:, None]  # (steps, 1)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    cos = float(a64 @ b64 / max(np.linalg.norm(a64) * np.linalg.norm(b64), 1e-12))
+    omega = np.arccos(np.clip(cos, -1.0, 1.0))
+    if np.sin(omega) < 1e-6:
+        out = (1 - t) * a64 + t * b64
+    else:
+        out = (np.sin((1 - t) * omega) * a64 + np.sin(t * omega) * b64) / np.sin(omega)
+    return out.astype(np.float32)
+
+
+class Engine:
+    """Base of all engines. Subclasses set ``kind`` and implement their family's calls.
+
+    Thread-safety: an engine may be called from one thread at a time. Calls are pure functions of their
+    inputs (no state changes), but the thread count is process-wide (torch/onnxruntime intra-op pools), so the
+    server runs one engine per worker process and serialises calls to it.
+    """
+
+    kind: ClassVar[str]
+    header: Any
+    backend: str
+    max_batch: int = 256  # a good batch size for throughput on this kind of CPU (see docs/benchmarks.md)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "backend": self.backend, "max_batch": self.max_batch}

@@ -1,0 +1,79 @@
+"""Engines for image models: the VAE (sample, decode, encode, reconstruct, interpolate) and the GAN (sample).
+
+Each call takes and returns numpy: images are float32 (n, 28, 28) in [0, 1]. Noise comes from numpy's PCG64
+(``base.noise``), so a seed gives the same images on every backend, torch or not.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from genloom.engine import backends
+from genloom.engine.base import (IMAGE_HW, Engine, check_images, check_labels, check_latent, check_n,
+                                 check_seed, check_steps, noise, onehot, slerp)
+from genloom.export import ModelFile
+
+ZOrSeed = int | Sequence[float] | np.ndarray
+
+
+class VAEEngine(Engine):
+    kind: ClassVar[str] = "vae"
+
+    def __init__(self, model: nn.Module, header: ModelFile, *, backend: str = "eager") -> None:
+        self.model = model.eval()
+        self.header = header
+        c = model.config
+        self.latent, self.num_classes, self.x_dim = int(c.latent), int(c.num_classes), int(c.x_dim)
+        # the decoder with its output nonlinearity: (n, latent + C) → (n, 784) Bernoulli means in [0, 1]
+        self.decoder = nn.Sequential(model.decoder, nn.Sigmoid()).eval()
+        example = np.zeros((100, self.latent + self.num_classes), np.float32)
+        self.backend = backend
+        self._decode = backends.build(backend, self.decoder, example)
+
+    # -- calls --------------------------------------------------------------------------------------------
+    def sample(self, n: int, *, seed: int | None = None, labels: Sequence[int] | None = None) -> np.ndarray:
+        """n images from the prior p(z) = N(0, I), decoded to Bernoulli means: (n, 28, 28) in [0, 1]."""
+        n = check_n(n)
+        y = check_labels(labels, n, self.num_classes)
+        return self._run_decoder(noise(check_seed(seed), n, self.latent), y)
+
+    def decode(self, z: Any, *, labels: Sequence[int] | None = None) -> np.ndarray:
+        """Latent codes (n, latent) → images (n, 28, 28)."""
+        z = check_latent(z, self.latent)
+        return self._run_decoder(z, check_labels(labels, len(z), self.num_classes))
+
+    def encode(self, x: Any, *, labels: Sequence[int] | None = None) -> np.ndarray:
+        """Images (n, 28, 28) in [0, 1] → posterior means μ(x): (n, latent)."""
+        flat = check_images(x, x_dim=self.x_dim)
+        y = check_labels(labels, len(flat), self.num_classes)
+        with torch.inference_mode():
+            lab = None if y is None else torch.from_numpy(y)
+            mu, _ = self.model.encode(torch.from_numpy(flat), lab)
+        return mu.float().numpy()
+
+    def reconstruct(self, x: Any, *, labels: Sequence[int] | None = None) -> np.ndarray:
+        """decode(encode(x)): the images as the model sees them, (n, 28, 28)."""
+        z = self.encode(x, labels=labels)
+        return self.decode(z, labels=labels)
+
+    def interpolate(self, a: ZOrSeed, b: ZOrSeed, *, steps: int = 8, label: int | None = None) -> np.ndarray:
+        """Images along the slerp path between two latent codes (or seeds, drawing z from the prior)."""
+        steps = check_steps(steps)
+        za, zb = self._z_or_seed(a, "a"), self._z_or_seed(b, "b")
+        labels = None if label is None else [label]
+        return self.decode(slerp(za, zb, steps), labels=labels)
+
+    # -- pieces -------------------------------------------------------------------------------------------
+    def _z_or_seed(self, v: ZOrSeed, field: str) -> np.ndarray:
+        if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+            return noise(check_seed(v), 1, self.latent)[0]
+        return check_latent(v, self.latent, field=field, max_n=1)[0]
+
+    def _run_decoder(self, z: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+        if y is not None:
+            z = np.concatenate([z, onehot(y, self.num_classes)], axis=1)  # (n, latent + C)
+        out = self._decode(np.ascontiguousarray(z, dtype=np.float32))
+        return np.clip(out, 0.0, 1.0).reshape(len(z), *IMAGE_HW)  # (n, 28, 28)
