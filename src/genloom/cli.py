@@ -16,6 +16,7 @@ from genloom.errors import GenloomError
 
 # Subcommands contributed by other stages: each module has ``register(subparsers)``; missing ones are skipped.
 EXTENSIONS: list[str] = [
+    "genloom.serve.cli",
 ]
 
 # kind -> "module:function" for `genloom sample` and `genloom eval`; each gets (args, model_path, header)

@@ -1,0 +1,193 @@
+"""Dynamic batching: a bounded per-model queue, drained in batches of up to ``max_batch_size`` items.
+
+The shape of Ray's ``_BatchQueue`` (one future per request, an event plus ``wait_for`` with the remaining
+time) with what it lacks: a bound on the queue that refuses work at once (``Overloaded`` → HTTP 503 +
+Retry-After), per-request deadlines (``DeadlineExceeded`` → 504) whose expired or cancelled entries are dropped
+before they reach the model, and an admission estimate that refuses a request that could not finish before its
+deadline anyway. The batcher knows nothing about HTTP or processes: ``run_batch(entries) -> results`` does the
+work, so it is tested on its own (tests/test_serve_batcher.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+
+class Overloaded(Exception):
+    """The queue is full, or the wait would outlast the deadline: answer 503 with ``retry_after`` seconds."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before its result was ready (HTTP 504)."""
+
+
+@dataclass(eq=False)
+class Entry:
+    """One queued request. ``size`` counts towards max_batch_size (images for /sample, 1 otherwise)."""
+
+    item: dict[str, Any]
+    size: int
+    deadline: float  # time.monotonic() seconds
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.monotonic)
+    arrays: list[Any] = field(default_factory=list)
+    started: float | None = None  # when its batch went to the worker
+
+    def cancel(self) -> None:
+        """The client went away or gave up: drop it from the queue, discard its result."""
+        if not self.future.done():
+            self.future.cancel()
+
+
+RunBatch = Callable[[list[Entry]], Awaitable[list[Any]]]
+
+
+class Batcher:
+    def __init__(self, run_batch: RunBatch, *, max_batch_size: int, max_wait_ms: float, max_queue: int,
+                 on_batch: Callable[[list[Entry], float], None] | None = None) -> None:
+        if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:
+            raise ValueError("max_batch_size and max_queue must be ≥ 1, max_wait_ms ≥ 0")
+        self.run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.on_batch = on_batch  # metrics hook: (entries, seconds)
+        self._queue: collections.deque[Entry] = collections.deque()
+        self._queued_size = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._batch_seconds = 0.0  # EMA of one batch's duration, for the admission estimate
+        self.in_flight = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+
+    async def stop(self) -> None:
+        """Stop taking batches; entries still queued fail with Overloaded (the server is going away)."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        while self._queue:
+            e = self._queue.popleft()
+            if not e.future.done():
+                e.future.set_exception(Overloaded("the server is shutting down", retry_after=1.0))
+        self._queued_size = 0
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    # -- submission -----------------------------------------------------------------------------------------
+    def estimated_wait(self) -> float:
+        """Seconds until a new entry would finish: the batches ahead of it plus its own."""
+        batches_ahead = math.ceil(self._queued_size / self.max_batch_size) + (1 if self.in_flight else 0)
+        return (batches_ahead + 1) * self._batch_seconds + self.max_wait
+
+    def submit(self, item: dict[str, Any], *, size: int = 1, deadline: float,
+               arrays: list[Any] | None = None) -> Entry:
+        """Queue one request, or raise Overloaded at once. Await ``entry.future`` for the result."""
+        if len(self._queue) >= self.max_queue:
+            raise Overloaded(f"queue full ({self.max_queue} requests waiting)",
+                             retry_after=max(1.0, self.estimated_wait()))
+        now = time.monotonic()
+        wait = self.estimated_wait()
+        if now + wait > deadline:
+            raise Overloaded(f"estimated wait {wait:.2f}s exceeds the request deadline "
+                             f"({deadline - now:.2f}s left)", retry_after=max(1.0, wait))
+        entry = Entry(item, size, deadline, asyncio.get_running_loop().create_future(), now, arrays or [])
+        self._queue.append(entry)
+        self._queued_size += size
+        self._wakeup.set()
+        return entry
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        while True:
+            while not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            # wait until the batch is full or max_wait has passed since its first entry was queued
+            first = self._queue[0].enqueued
+            while self._queued_size < self.max_batch_size:
+                left = first + self.max_wait - time.monotonic()
+                if left <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), left)
+                except TimeoutError:
+                    break
+            batch = self._take()
+            if batch:
+                await self._run(batch)
+
+    def _take(self) -> list[Entry]:
+        """Pop up to max_batch_size items; drop cancelled entries and fail expired ones with 504."""
+        batch: list[Entry] = []
+        size = 0
+        now = time.monotonic()
+        while self._queue:
+            e = self._queue[0]
+            if e.future.done():  # cancelled by its client
+                self._queue.popleft()
+                self._queued_size -= e.size
+                continue
+            if e.deadline <= now:
+                self._queue.popleft()
+                self._queued_size -= e.size
+                e.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+                continue
+            if batch and size + e.size > self.max_batch_size:
+                break
+            self._queue.popleft()
+            self._queued_size -= e.size
+            batch.append(e)
+            size += e.size
+        return batch
+
+    async def _run(self, batch: list[Entry]) -> None:
+        t0 = time.monotonic()
+        for e in batch:
+            e.started = t0
+        self.in_flight = len(batch)
+        try:
+            results = await self.run_batch(batch)
+            if len(results) != len(batch):
+                raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} requests")
+        except asyncio.CancelledError:
+            for e in batch:
+                if not e.future.done():
+                    e.future.set_exception(Overloaded("the server is shutting down", retry_after=1.0))
+            raise
+        except Exception as err:  # a failed batch fails every request in it, with the error (never a hang)
+            for e in batch:
+                if not e.future.done():
+                    e.future.set_exception(err)
+        else:
+            for e, r in zip(batch, results):
+                if not e.future.done():
+                    if isinstance(r, BaseException):
+                        e.future.set_exception(r)
+                    else:
+                        e.future.set_result(r)
+        finally:
+            self.in_flight = 0
+        dt = time.monotonic() - t0
+        # EMA with α = 0.2: smooth enough to ignore one slow batch, quick to follow a load change
+        self._batch_seconds = dt if self._batch_seconds == 0 else 0.8 * self._batch_seconds + 0.2 * dt
+        if self.on_batch is not None:
+            self.on_batch(batch, dt)

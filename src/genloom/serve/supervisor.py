@@ -1,0 +1,242 @@
+"""One ``Supervisor`` per served model: its worker process, restarts with backoff, retries, hot reload."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import numpy as np
+
+from genloom.export import ModelFile, read_header
+from genloom.serve.batcher import DeadlineExceeded, Overloaded
+from genloom.serve.config import ModelSpec
+from genloom.serve.workers import (HANG_GRACE_S, InputRejected, ModelLoadError, WorkerCrashed, WorkerProcess,
+                                   WorkerUnavailable, unpack_outputs)
+
+log = logging.getLogger("genloom.serve")
+STABLE_S = 10.0  # a worker that lived this long resets the restart backoff
+_ids = itertools.count(1)
+
+
+class Supervisor:
+    def __init__(self, spec: ModelSpec, *, backoff: tuple[float, float] = (0.05, 5.0),
+                 metrics: Any = None) -> None:
+        self.name = spec.name
+        self.settings = spec.settings
+        self.path = Path(spec.path)
+        self.header: ModelFile = read_header(self.path)
+        self.kind = self.header.kind
+        self.backoff = backoff
+        self.metrics = metrics
+        self.worker: WorkerProcess | None = None
+        self.state = "starting"  # starting | ready | restarting | stopped
+        self.restarts = 0
+        self._crashes_in_row = 0
+        self._ready = asyncio.Event()
+        self._stopping = False
+        self._restart_task: asyncio.Task | None = None
+        self._reload_lock = asyncio.Lock()
+        self.open_streams = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def _new_worker(self, path: Path) -> WorkerProcess:
+        return WorkerProcess(path, threads=self.settings.threads, slots=self.settings.max_batch_size,
+                             on_exit=self._on_exit, on_tokens=self._on_tokens)
+
+    async def start(self) -> None:
+        w = self._new_worker(self.path)
+        await w.start()  # ModelLoadError propagates: a bad file at start-up stops the server with its message
+        self._install(w)
+
+    def _install(self, w: WorkerProcess) -> None:
+        self.worker = w
+        self.state = "ready"
+        self._ready.set()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and self.worker is not None and self.worker.alive
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self.state = "stopped"
+        self._ready.clear()
+        if self._restart_task is not None:
+            self._restart_task.cancel()
+        if self.worker is not None:
+            await self.worker.stop()
+
+    def _on_exit(self, w: WorkerProcess) -> None:
+        if w.retired or self._stopping or w is not self.worker:
+            return
+        lived = time.monotonic() - w.started_at
+        self._crashes_in_row = 0 if lived > STABLE_S else self._crashes_in_row + 1
+        self.restarts += 1
+        self.state = "restarting"
+        self._ready.clear()
+        if self.metrics is not None:
+            self.metrics.worker_restarts.labels(self.name).inc()
+        log.warning("worker crashed", extra={"model": self.name, "pid": w.pid, "restarts": self.restarts})
+        self._restart_task = asyncio.get_running_loop().create_task(self._restart())
+
+    async def _restart(self) -> None:
+        first, most = self.backoff
+        attempt = max(0, self._crashes_in_row - 1)
+        while not self._stopping:
+            # exponential backoff: first · 2^k, capped — a worker that keeps crashing does not spin the CPU
+            await asyncio.sleep(min(most, first * 2 ** attempt))
+            w = self._new_worker(self.path)
+            try:
+                await w.start()
+            except ModelLoadError as e:
+                log.error("worker restart failed", extra={"model": self.name, "error": str(e)})
+                attempt += 1
+                continue
+            if self._stopping:
+                await w.stop()
+                return
+            self._install(w)
+            log.info("worker restarted", extra={"model": self.name, "pid": w.pid})
+            return
+
+    async def reload(self, path: Path | None = None) -> dict[str, Any]:
+        """Load ``path`` (default: the current file again) in a new worker, then swap it in atomically.
+
+        The new worker is fully loaded before any request reaches it, and the old one finishes what it holds
+        before it exits, so no request fails. A file that does not load raises ModelLoadError; the old model
+        keeps serving.
+        """
+        async with self._reload_lock:
+            path = Path(path or self.path)
+            try:
+                header = read_header(path)
+            except Exception as e:
+                raise ModelLoadError(str(e)) from None
+            if header.kind != self.kind:
+                raise ModelLoadError(f"{path} is a {header.kind} model; {self.name!r} serves a {self.kind} model — "
+                                     f"serve it under another name")
+            new = self._new_worker(path)
+            await new.start()
+            old = self.worker
+            self.path, self.header = path, header
+            self._install(new)
+            if old is not None:
+                old.retired = True
+                asyncio.get_running_loop().create_task(self._retire(old))
+            log.info("model reloaded", extra={"model": self.name, "path": str(path), "pid": new.pid})
+            return {"model": self.name, "path": str(path), "pid": new.pid}
+
+    async def _retire(self, old: WorkerProcess, *, timeout: float = 60.0) -> None:
+        t_end = time.monotonic() + timeout
+        while (old.pending or old.streams) and time.monotonic() < t_end and old.alive:
+            await asyncio.sleep(0.01)
+        await old.stop()
+
+    async def _wait_ready(self, deadline: float) -> WorkerProcess:
+        if not self.ready:
+            left = deadline - time.monotonic()
+            try:
+                await asyncio.wait_for(self._ready.wait(), max(0.0, left))
+            except TimeoutError:
+                raise WorkerUnavailable(f"model {self.name!r} is restarting; retry shortly") from None
+        assert self.worker is not None
+        return self.worker
+
+    # -- image batches ----------------------------------------------------------------------------------------
+    async def run_batch(self, items: list[dict[str, Any]], arrays: list[np.ndarray], *, deadline: float
+                        ) -> list[Any]:
+        """Send one batch; on a worker crash retry it once on the restarted worker, then give up with 503."""
+        for attempt in (0, 1):
+            w = await self._wait_ready(deadline)
+            bid = next(_ids)
+            fut = asyncio.get_running_loop().create_future()
+            w.pending[bid] = fut
+            try:
+                w.send({"op": "batch", "id": bid, "items": items}, arrays)
+                header, out_arrays = await asyncio.wait_for(fut, deadline - time.monotonic() + HANG_GRACE_S)
+            except WorkerCrashed:
+                w.pending.pop(bid, None)
+                if attempt == 1:
+                    raise WorkerUnavailable(f"model {self.name!r}: the worker crashed twice on this batch") from None
+                if self.metrics is not None:
+                    self.metrics.retries.labels(self.name).inc()
+                continue
+            except TimeoutError:  # the worker stopped answering: replace it
+                w.pending.pop(bid, None)
+                w.kill()
+                raise WorkerUnavailable(f"model {self.name!r}: the worker stopped responding; restarting it"
+                                        ) from None
+            return unpack_outputs(header, out_arrays)
+        raise AssertionError("unreachable")
+
+    # -- LM streams -------------------------------------------------------------------------------------------
+    def _on_tokens(self, w: WorkerProcess, header: dict[str, Any]) -> None:
+        n = 0
+        for rid, text in header.get("events", []):
+            q = w.streams.get(rid)
+            if q is not None:
+                q.put_nowait(("token", text))
+                n += 1
+        for rid, reason, error in header.get("done", []):
+            q = w.streams.get(rid)
+            if q is not None:
+                q.put_nowait(("error", error) if error else ("done", reason))
+        if n and self.metrics is not None:
+            self.metrics.tokens.labels(self.name).inc(n)
+
+    async def stream(self, params: dict[str, Any], *, deadline: float) -> AsyncIterator[str]:
+        """Tokens (as text) of one LM request, joined to the worker's running decode loop.
+
+        A crash before the first token retries once on the restarted worker; after it, the stream fails with
+        WorkerUnavailable (the client has text it cannot un-receive). Closing the iterator (the client left)
+        removes the request from the decode loop at the next step.
+        """
+        limit = self.settings.max_batch_size + self.settings.max_queue
+        if self.open_streams >= limit:
+            raise Overloaded(f"{self.open_streams} generations in progress or waiting (limit {limit})",
+                             retry_after=1.0)
+        self.open_streams += 1
+        try:
+            for attempt in (0, 1):
+                w = await self._wait_ready(deadline)
+                rid = next(_ids)
+                q: asyncio.Queue = asyncio.Queue()
+                w.streams[rid] = q
+                produced, finished = False, False
+                try:
+                    w.send({"op": "lm_add", "rid": rid, **params})
+                    while True:
+                        left = deadline - time.monotonic()
+                        try:
+                            kind, value = await asyncio.wait_for(q.get(), max(0.0, left))
+                        except TimeoutError:
+                            raise DeadlineExceeded("deadline passed during generation") from None
+                        if kind == "token":
+                            produced = True
+                            yield value
+                        elif kind == "done":
+                            finished = True
+                            return
+                        elif kind == "error":
+                            finished = True
+                            raise InputRejected(value)
+                        else:  # crash
+                            finished = True
+                            if produced or attempt == 1:
+                                raise WorkerUnavailable(f"model {self.name!r}: the worker crashed mid-generation")
+                            break
+                except WorkerCrashed:
+                    if attempt == 1:
+                        raise WorkerUnavailable(f"model {self.name!r}: the worker is restarting") from None
+                finally:
+                    w.streams.pop(rid, None)
+                    if not finished:
+                        try:
+                            w.send({"op": "lm_cancel", "rid": rid})
+                        except WorkerCrashed:
+                            pass
+        finally:
+            self.open_streams -= 1

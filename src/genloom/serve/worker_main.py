@@ -1,0 +1,154 @@
+"""The model worker process: loads one model file through ``genloom.engine`` and serves batches over a pipe.
+
+Messages (``serve/ipc.py`` framing, no pickle). Server → worker:
+
+- ``{"op": "batch", "id": B, "items": [{"op": "sample"|"reconstruct"|"interpolate", ...}]}``: one batch; every
+  sample item is drawn with its own seed and all of them decoded in one forward pass.
+- ``{"op": "lm_add", "rid": R, "prompt": ..., "max_new_tokens": ..., ...}`` / ``{"op": "lm_cancel", "rid": R}``:
+  LM continuous batching — requests join and leave the decode loop between steps.
+- ``{"op": "stop"}``: finish and exit.
+
+Worker → server: ``ready`` (or ``load_error``), ``result`` per batch, ``tokens`` per decode step.
+The process exits when the pipe closes, so a dead server never leaves orphans.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from genloom.serve import ipc
+
+# imported here so a forkserver preloads them once and every (re)started worker forks with them in memory
+import torch  # noqa: E402,F401  (preload)
+import genloom.engine  # noqa: E402,F401  (preload)
+import genloom.export  # noqa: E402,F401  (preload)
+
+
+def _error(e: BaseException) -> dict[str, Any]:
+    from genloom.errors import GenloomError
+
+    return {"error": str(e) or type(e).__name__, "input": isinstance(e, (GenloomError, ValueError))}
+
+
+class ImageWorker:
+    """Runs batches of image requests on a VAE/GAN engine."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def run(self, items: list[dict[str, Any]], arrays: list[np.ndarray]) -> tuple[list[dict], list[np.ndarray]]:
+        outs: list[dict[str, Any] | None] = [None] * len(items)
+        results: list[np.ndarray | None] = [None] * len(items)
+        samples = [i for i, it in enumerate(items) if it["op"] == "sample"]
+        if samples:
+            self._samples(items, samples, outs, results)
+        for i, it in enumerate(items):
+            if outs[i] is not None:
+                continue
+            try:
+                if it["op"] == "reconstruct":
+                    results[i] = self.engine.reconstruct(arrays[it["array"]], labels=it.get("labels"))
+                elif it["op"] == "interpolate":
+                    a = it["a"] if "a" in it else arrays[it["a_array"]]
+                    b = it["b"] if "b" in it else arrays[it["b_array"]]
+                    results[i] = self.engine.interpolate(a, b, steps=it["steps"], label=it.get("label"))
+                else:
+                    raise ValueError(f"unknown op {it['op']!r}")
+                outs[i] = {"ok": True}
+            except Exception as e:  # a bad item fails alone; the rest of the batch is served
+                outs[i] = {"ok": False, **_error(e)}
+        arrs: list[np.ndarray] = []
+        final = []
+        for out, res in zip(outs, results):
+            if res is not None:
+                out = {**out, "array": len(arrs)}
+                arrs.append(np.asarray(res, dtype=np.float32))
+            final.append(out)
+        return final, arrs
+
+    def _samples(self, items: list[dict], idx: list[int], outs: list, results: list) -> None:
+        from genloom.engine.base import check_labels, check_n, check_seed, noise
+
+        eng = self.engine
+        latent = getattr(eng, "latent", None)
+        if latent is None or not hasattr(eng, "decode"):  # no batched decode: one call per request
+            for i in idx:
+                try:
+                    results[i] = eng.sample(items[i]["n"], seed=items[i].get("seed"), labels=items[i].get("labels"))
+                    outs[i] = {"ok": True}
+                except Exception as e:
+                    outs[i] = {"ok": False, **_error(e)}
+            return
+        zs, ys, ok = [], [], []
+        num_classes = int(getattr(eng, "num_classes", 0))
+        for i in idx:
+            it = items[i]
+            try:
+                n = check_n(it["n"])
+                # z ~ N(0, I) from the request's own seed: the same images as engine.sample(n, seed=seed)
+                zs.append(noise(check_seed(it.get("seed")), n, latent))  # (n, latent)
+                ys.append(check_labels(it.get("labels"), n, num_classes))
+                ok.append(i)
+            except Exception as e:
+                outs[i] = {"ok": False, **_error(e)}
+        if not ok:
+            return
+        z = np.concatenate(zs)  # (sum n, latent)
+        labels = None if num_classes == 0 else np.concatenate(ys)
+        try:
+            images = eng.decode(z, labels=labels)  # (sum n, 28, 28): one forward pass for the whole batch
+        except Exception as e:
+            for i in ok:
+                outs[i] = {"ok": False, **_error(e)}
+            return
+        start = 0
+        for i, zi in zip(ok, zs):
+            results[i] = images[start:start + len(zi)]
+            start += len(zi)
+            outs[i] = {"ok": True}
+
+
+def main(conn: Connection, path: str, threads: int, slots: int) -> None:
+    """Entry point of the worker process."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    try:
+        import genloom.engine as engine_mod
+
+        engine = engine_mod.load(path, threads=threads)
+    except Exception as e:  # an invalid file: tell the server and exit; the old worker (if any) keeps serving
+        conn.send_bytes(ipc.encode({"op": "load_error", **_error(e)}))
+        conn.close()
+        return
+    kind = engine.kind
+    conn.send_bytes(ipc.encode({"op": "ready", "kind": kind, "pid": os.getpid()}))
+    if kind == "lm":
+        from genloom.serve.lm_worker import LMLoop
+
+        LMLoop(engine, conn, slots=slots).run()
+        return
+    worker = ImageWorker(engine)
+    while True:
+        try:
+            header, arrays = ipc.decode(conn.recv_bytes())
+        except (EOFError, OSError):
+            return
+        op = header.get("op")
+        if op == "stop":
+            return
+        if op != "batch":
+            continue
+        try:
+            outs, arrs = worker.run(header["items"], arrays)
+            msg = ipc.encode({"op": "result", "id": header["id"], "ok": True, "outputs": outs}, arrs)
+        except Exception as e:
+            traceback.print_exc(file=sys.stderr)
+            msg = ipc.encode({"op": "result", "id": header["id"], "ok": False, **_error(e)})
+        try:
+            conn.send_bytes(msg)
+        except (BrokenPipeError, OSError):
+            return
