@@ -192,11 +192,14 @@ def _load_pair(d: Path, img: str, lab: str) -> ImageData:
 
 
 def load_images(dataset: str = "fashion-mnist", data: str | Path | None = None, *,
-                val_size: int = VAL_SIZE) -> ImageSplits:
-    """Load train/val/test splits. Validation is the *last* ``val_size`` training images."""
+                val_size: int | None = None) -> ImageSplits:
+    """Load train/val/test splits. Validation is the *last* ``val_size`` training images (default 5,000, or a
+    tenth of a smaller training set)."""
     d = locate(dataset, data)
     train = _load_pair(d, FILES["train_images"], FILES["train_labels"])
     test = _load_pair(d, FILES["test_images"], FILES["test_labels"])
+    if val_size is None:
+        val_size = min(VAL_SIZE, len(train) // 10)
     if not 0 <= val_size < len(train):
         raise DataError(f"val_size {val_size} must be below the training set size {len(train)}")
     n = len(train) - val_size

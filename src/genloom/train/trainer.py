@@ -254,7 +254,7 @@ class Trainer:
                     out = self.model.train_step(batch, self.optimizers, self.step, self)
                     self.step += 1
                     self.batch_in_epoch += 1
-                    loss = float(out.loss)
+                    loss = out.loss.item()
                     if not math.isfinite(loss):
                         self.request_stop(f"loss is {loss} at step {self.step}: lower --lr or set --grad-clip")
                     self.losses.append(loss)
@@ -265,7 +265,9 @@ class Trainer:
                         samples_seen, t_rate = 0, now
                         self.log.write({"type": "train", "step": self.step, "epoch": self.epoch, "loss": loss,
                                         "lr": lr, "samples_per_s": rate, **out.metrics})
-                        bar.set_postfix(loss=f"{loss:.4g}", samples_s=f"{rate:.0f}", refresh=False)
+                        shown = {k: f"{out.metrics[k]:.4g}" for k in getattr(self.model, "progress_metrics", ())
+                                 if k in out.metrics}  # a model may name metrics for the bar (GAN: d/g loss)
+                        bar.set_postfix(loss=f"{loss:.4g}", samples_s=f"{rate:.0f}", **shown, refresh=False)
                     bar.update(1)
                     if self.on_step:
                         self.on_step(self, out)
