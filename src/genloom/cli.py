@@ -22,9 +22,11 @@ EXTENSIONS: list[str] = [
 # kind -> "module:function" for `genloom sample` and `genloom eval`; each gets (args, model_path, header)
 SAMPLERS: dict[str, str] = {
     "vae": "genloom.commands.images:sample",
+    "lm": "genloom.commands.lm:sample",
 }
 EVALUATORS: dict[str, str] = {
     "vae": "genloom.commands.images:evaluate",
+    "lm": "genloom.commands.lm:evaluate",
 }
 
 

@@ -6,6 +6,7 @@ import importlib
 # kind -> "module:Class"; imported lazily so that loading one family never imports the others
 KINDS: dict[str, str] = {
     "vae": "genloom.models.vae:VAE",
+    "lm": "genloom.models.transformer:TransformerLM",
 }
 
 

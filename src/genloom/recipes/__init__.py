@@ -10,6 +10,7 @@ from types import ModuleType
 
 RECIPES: dict[str, str] = {
     "vae": "genloom.recipes.vae",
+    "lm": "genloom.recipes.lm",
 }
 
 

@@ -1,0 +1,85 @@
+"""``genloom train lm``: a character-level Transformer LM on any UTF-8 text (default: tinyshakespeare).
+
+Split: first 90% train, last 10% validation (nanoGPT). Training draws random contiguous windows; validation is
+the full validation split in non-overlapping windows (``genloom.eval.lm``), in float32.
+Recipe: AdamW (β = 0.9, 0.99; weight decay on matrices only), linear warmup + cosine decay to 10%, global-norm
+clip 1.0, bf16 autocast for the training forward/backward on CPU.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genloom.data.text import CharTokenizer, SequentialWindows, WindowBatches, default_corpus, load_text, split_tokens
+from genloom.models.transformer import LMConfig, TransformerLM
+from genloom.recipes.common import Built, preset_value
+
+HELP = "character-level Transformer LM (GPT: multi-head causal attention, KV-cache generation)"
+DEFAULTS: dict[str, Any] = {"steps": 2000, "batch_size": 32, "lr": 2e-3, "betas": (0.9, 0.99),
+                            "weight_decay": 0.1, "schedule": "warmup-cosine", "warmup_steps": 100,
+                            "min_lr_ratio": 0.1, "grad_clip": 1.0, "val_every": 500, "log_every": 50}
+MODEL_DEFAULTS: dict[str, Any] = {"block_size": 64, "n_layer": 4, "n_head": 4, "n_embd": 128, "dropout": 0.0,
+                                  "bias": False, "pos": "learned", "mlp": "gelu", "amp": "bf16"}
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {"_doc": "4 layers × 128 dims, block 64: nanoGPT's CPU model, trained faster (docs/benchmarks.md)",
+              "steps": 1200, "batch_size": 32, "lr": 3e-3, "warmup_steps": 60, "val_every": 600,
+              "block_size": 64, "n_layer": 4, "n_head": 4, "n_embd": 128},
+    "medium": {"_doc": "6 layers × 256 dims, block 128, 20 minutes on 2 cores",
+               "time_budget": 1140.0, "batch_size": 32, "lr": 2e-3, "warmup_steps": 100, "val_every": 500,
+               "block_size": 128, "n_layer": 6, "n_head": 8, "n_embd": 256, "dropout": 0.0},
+}
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("LM")
+    g.add_argument("--data", type=Path, default=None,
+                   help="UTF-8 training text (default: tinyshakespeare.txt from $GENLOOM_DATA_DIR, data/ or "
+                        "../shared/data/)")
+    g.add_argument("--block-size", type=int, default=None, help="context length (default 64)")
+    g.add_argument("--n-layer", type=int, default=None, help="Transformer blocks (default 4)")
+    g.add_argument("--n-head", type=int, default=None, help="attention heads (default 4)")
+    g.add_argument("--n-embd", type=int, default=None, help="model width (default 128)")
+    g.add_argument("--dropout", type=float, default=None, help="dropout (default 0)")
+    g.add_argument("--bias", action="store_true", default=None, help="biases in Linear and LayerNorm layers")
+    g.add_argument("--pos", choices=("learned", "rope"), default=None, help="positional encoding (default learned)")
+    g.add_argument("--mlp", choices=("gelu", "swiglu"), default=None, help="MLP type (default gelu)")
+    g.add_argument("--amp", choices=("bf16", "off"), default=None,
+                   help="bf16 autocast for training on CPU (default bf16; validation is always float32)")
+
+
+def _opt(args: argparse.Namespace, name: str) -> Any:
+    from genloom.recipes import recipe
+
+    return preset_value(args, recipe("lm"), name, MODEL_DEFAULTS[name])
+
+
+def build(args: argparse.Namespace, tcfg) -> Built:
+    path = args.data if args.data is not None else default_corpus()
+    text = load_text(path)
+    tok = CharTokenizer.from_text(text)
+    tokens = torch.tensor(tok.encode(text, what=str(path)), dtype=torch.long)
+    train, val = split_tokens(tokens)
+    cfg = LMConfig(vocab_size=len(tok), block_size=_opt(args, "block_size"), n_layer=_opt(args, "n_layer"),
+                   n_head=_opt(args, "n_head"), n_embd=_opt(args, "n_embd"), dropout=_opt(args, "dropout"),
+                   bias=bool(_opt(args, "bias")), pos=_opt(args, "pos"), mlp=_opt(args, "mlp"))
+    model = TransformerLM(cfg, tok.chars)
+    model.autocast_dtype = torch.bfloat16 if _opt(args, "amp") == "bf16" else None
+    if len(val) < 2:
+        raise ValueError(f"{path}: too short for a validation split ({len(tokens)} characters)")
+
+    def after(out: Path, trainer) -> dict[str, Any]:
+        return {"best_val_loss": round(trainer.best_val, 4), "best_step": trainer.best_step,
+                "params": model.num_params()}
+
+    return Built(
+        model=model,
+        train=WindowBatches(train, batch_size=tcfg.batch_size, block_size=cfg.block_size,
+                            steps=tcfg.val_every or 500),
+        val=SequentialWindows(val, block_size=cfg.block_size, batch_size=max(64, 8192 // cfg.block_size)),
+        provenance={"dataset": Path(path).name, "data": str(path), "train_chars": len(train),
+                    "val_chars": len(val), "params": model.num_params()},
+        after=after,
+    )
