@@ -22,10 +22,12 @@ EXTENSIONS: list[str] = [
 # kind -> "module:function" for `genloom sample` and `genloom eval`; each gets (args, model_path, header)
 SAMPLERS: dict[str, str] = {
     "vae": "genloom.commands.images:sample",
+    "gan": "genloom.commands.images:sample",
     "lm": "genloom.commands.lm:sample",
 }
 EVALUATORS: dict[str, str] = {
     "vae": "genloom.commands.images:evaluate",
+    "gan": "genloom.commands.fid:evaluate",
     "lm": "genloom.commands.lm:evaluate",
 }
 
@@ -133,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="seed for the Monte-Carlo estimates")
     e.add_argument("--text", type=Path, default=None, help="LM: score this UTF-8 file")
     e.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    e.add_argument("--fid", action="store_true",
+                   help="image models: add the FID of generated samples vs the test set (always on for a GAN)")
+    e.add_argument("--classifier", type=Path, default=None,
+                   help="FID feature classifier (default: $GENLOOM_CLASSIFIER, then the one shipped with genloom)")
+    e.add_argument("--fid-samples", type=int, default=10_000, help="generated samples for the FID (default 10000)")
     e.set_defaults(func=_cmd_eval)
 
     i = sub.add_parser("info", help="print a model file's metadata as JSON",

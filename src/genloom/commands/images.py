@@ -77,4 +77,9 @@ def evaluate(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]:
     if args.iwae_k < 0:
         raise GenloomError("--iwae-k must be ≥ 0")
     model = export.load(header.path)
-    return evaluate_vae(model, _test_split(args, header), iwae_k=args.iwae_k, seed=args.seed)
+    result = evaluate_vae(model, _test_split(args, header), iwae_k=args.iwae_k, seed=args.seed)
+    if getattr(args, "fid", False):  # the same FID evaluator as the GAN's, so the families compare
+        from genloom.commands.fid import fid_result
+
+        result.update(fid_result(args, header, model))
+    return result

@@ -6,6 +6,8 @@ import importlib
 # kind -> "module:Class"; imported lazily so that loading one family never imports the others
 KINDS: dict[str, str] = {
     "vae": "genloom.models.vae:VAE",
+    "gan": "genloom.models.gan:GAN",
+    "classifier": "genloom.models.classifier:Classifier",
     "lm": "genloom.models.transformer:TransformerLM",
 }
 

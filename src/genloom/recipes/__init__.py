@@ -10,6 +10,8 @@ from types import ModuleType
 
 RECIPES: dict[str, str] = {
     "vae": "genloom.recipes.vae",
+    "gan": "genloom.recipes.gan",
+    "classifier": "genloom.recipes.classifier",
     "lm": "genloom.recipes.lm",
 }
 

@@ -68,7 +68,8 @@ def add_common_args(p: argparse.ArgumentParser, rec: ModuleType) -> None:
 def train_config(args: argparse.Namespace, rec: ModuleType) -> TrainConfig:
     """Explicit flag > preset > family default > TrainConfig default."""
     merged: dict[str, Any] = {}
-    merged.update(rec.DEFAULTS)
+    # a recipe may make its defaults depend on other flags (the GAN's depend on --loss)
+    merged.update(rec.defaults_for(args) if hasattr(rec, "defaults_for") else rec.DEFAULTS)
     if args.preset:
         merged.update({k: v for k, v in rec.PRESETS[args.preset].items() if not k.startswith("_")
                        and k in {f.name for f in dataclasses.fields(TrainConfig)}})
