@@ -92,10 +92,15 @@ class Batcher:
         return len(self._queue)
 
     # -- submission -----------------------------------------------------------------------------------------
-    def estimated_wait(self) -> float:
-        """Seconds until a new entry would finish: the batches ahead of it plus its own."""
+    def estimated_wait(self, size: int = 1) -> float:
+        """Seconds until a new entry of ``size`` would finish: the batches ahead of it plus its own.
+
+        wait ≈ (⌈queued / max_batch⌉ + in_flight + 1) · EMA(batch seconds), plus max_wait when its batch would
+        not be full (a partial batch waits out the collection window).
+        """
         batches_ahead = math.ceil(self._queued_size / self.max_batch_size) + (1 if self.in_flight else 0)
-        return (batches_ahead + 1) * self._batch_seconds + self.max_wait
+        partial = (self._queued_size + size) % self.max_batch_size != 0
+        return (batches_ahead + 1) * self._batch_seconds + (self.max_wait if partial else 0.0)
 
     def submit(self, item: dict[str, Any], *, size: int = 1, deadline: float,
                arrays: list[Any] | None = None) -> Entry:
@@ -104,7 +109,7 @@ class Batcher:
             raise Overloaded(f"queue full ({self.max_queue} requests waiting)",
                              retry_after=max(1.0, self.estimated_wait()))
         now = time.monotonic()
-        wait = self.estimated_wait()
+        wait = self.estimated_wait(size)
         if now + wait > deadline:
             raise Overloaded(f"estimated wait {wait:.2f}s exceeds the request deadline "
                              f"({deadline - now:.2f}s left)", retry_after=max(1.0, wait))

@@ -52,7 +52,7 @@ class ImageWorker:
                 continue
             try:
                 if it["op"] == "reconstruct":
-                    results[i] = self.engine.reconstruct(arrays[it["array"]], labels=it.get("labels"))
+                    results[i] = self.engine.reconstruct(arrays[it["array"]].copy(), labels=it.get("labels"))
                 elif it["op"] == "interpolate":
                     a = it["a"] if "a" in it else arrays[it["a_array"]]
                     b = it["b"] if "b" in it else arrays[it["b_array"]]
