@@ -16,6 +16,7 @@ from genloom.errors import GenloomError
 
 # Subcommands contributed by other stages: each module has ``register(subparsers)``; missing ones are skipped.
 EXTENSIONS: list[str] = [
+    "genloom.queue.cli",
     "genloom.serve.cli",
 ]
 

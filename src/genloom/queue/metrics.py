@@ -1,0 +1,54 @@
+"""Prometheus metrics of one queue worker process (its own registry, so tests can run several in one process)."""
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class WorkerMetrics:
+    def __init__(self, *, restarts: int = 0) -> None:
+        self.registry = r = CollectorRegistry()
+        label = ["model"]
+        self.consumed = Counter("genloom_queue_consumed_total", "messages delivered to this worker", label,
+                                registry=r)
+        self.acked = Counter("genloom_queue_acked_total", "messages acked (after their response was confirmed)",
+                             label, registry=r)
+        self.rejected = Counter("genloom_queue_rejected_total", "invalid messages rejected (never retried)",
+                                ["model", "code"], registry=r)
+        self.redelivered = Counter("genloom_queue_redelivered_total",
+                                   "messages the broker redelivered (a worker died or lost its connection)", label,
+                                   registry=r)
+        self.retried = Counter("genloom_queue_retried_total", "requests republished for a retry", label, registry=r)
+        self.dead_lettered = Counter("genloom_queue_dead_lettered_total", "messages moved to the dead-letter queue",
+                                     ["model", "code"], registry=r)
+        self.unroutable = Counter("genloom_queue_unroutable_responses_total",
+                                  "responses whose reply_to queue no longer exists", label, registry=r)
+        self.batch_size = Histogram("genloom_queue_batch_size", "requests per forward pass", label, registry=r,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+        self.latency = Histogram("genloom_queue_processing_seconds", "delivery → ack, per request", label,
+                                 registry=r, buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10))
+        self.forward = Histogram("genloom_queue_forward_seconds", "time of one batched forward pass", label,
+                                 registry=r, buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1, 10))
+        self.in_flight = Gauge("genloom_queue_in_flight", "delivered, not yet acked", label, registry=r)
+        self.restarts = Gauge("genloom_queue_worker_restarts", "times the supervisor restarted this worker",
+                              registry=r)
+        self.restarts.set(restarts)
+        self._server: Any = None
+
+    def serve(self, port: int, *, host: str = "127.0.0.1") -> None:
+        from prometheus_client import start_http_server
+
+        try:
+            self._server = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as e:
+            from genloom.errors import GenloomError
+
+            raise GenloomError(f"cannot serve metrics on {host}:{port} ({e.strerror}); pick another "
+                               f"--metrics-port, or 0 to turn metrics off") from None
+
+    def close(self) -> None:
+        if isinstance(self._server, tuple):  # prometheus_client >= 0.17 returns (server, thread)
+            self._server[0].shutdown()
+            self._server[0].server_close()
+        self._server = None

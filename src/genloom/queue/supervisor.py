@@ -1,0 +1,106 @@
+"""``genloom worker`` processes: a supervisor that restarts its worker process after a crash.
+
+The supervisor (the process you start) loads nothing heavy; it spawns one worker process that loads the
+models, connects and consumes (``run_worker``). If that process dies (kill -9, segfault, out of memory), its
+unacked messages go back to the queue at once (the broker sees the socket close) and the supervisor starts a new
+one after a backoff (0.5 s doubling to 10 s; reset after 30 s of healthy running). SIGTERM/SIGINT: the
+supervisor forwards SIGTERM; the worker stops consuming, finishes and acks what it holds, and exits 0.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+
+from genloom.errors import GenloomError
+from genloom.queue.worker import QueueWorker, WorkerConfig
+
+log = logging.getLogger("genloom.queue.supervisor")
+EXIT_BAD_INPUT = 2  # a config/model/connection problem at first start: restarting will not help
+
+
+async def run_worker(config: WorkerConfig, *, restarts: int = 0, ready: "mp.synchronize.Event | None" = None
+                     ) -> int:
+    """Run one worker until SIGTERM/SIGINT, then shut down gracefully. Returns the exit code."""
+    worker = QueueWorker(config, restarts=restarts)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await worker.start()
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("stopping: finishing in-flight work")
+    await worker.stop()
+    return 0
+
+
+def _child(config: WorkerConfig, restarts: int, ready: "mp.synchronize.Event") -> None:
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(message)s")
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # optional: the stdlib loop works, a little slower
+        pass
+    try:
+        code = asyncio.run(run_worker(config, restarts=restarts, ready=ready))
+    except GenloomError as e:
+        print(f"genloom: error: {e}", file=sys.stderr)
+        code = EXIT_BAD_INPUT
+    sys.exit(code)
+
+
+def supervise(config: WorkerConfig, *, max_restarts: int | None = None) -> int:
+    """Start the worker process and keep one running until SIGTERM/SIGINT. Returns the exit code."""
+    ctx = mp.get_context("spawn")
+    stopping = False
+    proc: mp.process.BaseProcess | None = None
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        if proc is not None and proc.pid is not None and proc.exitcode is None:
+            os.kill(proc.pid, signal.SIGTERM)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    restarts, backoff, ever_ready = 0, 0.5, False
+    try:
+        while True:
+            ready = ctx.Event()
+            proc = ctx.Process(target=_child, args=(config, restarts, ready), name=f"{config.name}-{restarts}")
+            proc.start()
+            started = time.monotonic()
+            log.info("worker process %d started (restart %d)", proc.pid, restarts)
+            proc.join()
+            ever_ready = ever_ready or ready.is_set()
+            code = proc.exitcode
+            if stopping:
+                return 0 if code == 0 else 1
+            if code == 0:
+                return 0
+            if code == EXIT_BAD_INPUT and not ever_ready:
+                return EXIT_BAD_INPUT  # bad model file, flag or URL: the child printed why
+            if max_restarts is not None and restarts >= max_restarts:
+                log.error("worker process died (exit %s); %d restarts used up", code, restarts)
+                return 1
+            if time.monotonic() - started > 30:
+                backoff = 0.5
+            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            print(f"genloom worker: worker process {proc.pid} died ({how}); restarting in {backoff:.1f} s",
+                  file=sys.stderr, flush=True)
+            deadline = time.monotonic() + backoff
+            while time.monotonic() < deadline and not stopping:
+                time.sleep(0.05)
+            if stopping:
+                return 0
+            backoff = min(backoff * 2, 10.0)
+            restarts += 1
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
