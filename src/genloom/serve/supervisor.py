@@ -174,12 +174,11 @@ class Supervisor:
 
     # -- LM streams -------------------------------------------------------------------------------------------
     def _on_tokens(self, w: WorkerProcess, header: dict[str, Any]) -> None:
-        n = 0
         for rid, text in header.get("events", []):
             q = w.streams.get(rid)
             if q is not None:
                 q.put_nowait(("token", text))
-                n += 1
+        n = int(header.get("n", 0))  # tokens sampled in this decode step, over all requests
         for rid, reason, error in header.get("done", []):
             q = w.streams.get(rid)
             if q is not None:

@@ -23,10 +23,18 @@ import numpy as np
 
 from genloom.serve import ipc
 
-# imported here so a forkserver preloads them once and every (re)started worker forks with them in memory
-import torch  # noqa: E402,F401  (preload)
-import genloom.engine  # noqa: E402,F401  (preload)
-import genloom.export  # noqa: E402,F401  (preload)
+# imported here so a forkserver preloads them once and every (re)started worker forks with them in memory:
+# a restart after kill -9 then costs a fork and a model load (~50 ms), not a torch import (seconds)
+import importlib  # noqa: E402
+import torch  # noqa: E402
+
+for _mod in ("torch._dynamo",  # building a module on the meta device imports it lazily (4 s on a busy CPU)
+             "genloom.engine", "genloom.engine.image", "genloom.export", "genloom.models.vae",
+             "genloom.models.gan", "genloom.models.transformer", "genloom.models.lm_generate"):
+    try:
+        importlib.import_module(_mod)
+    except ImportError:  # a family not present in this install
+        pass
 
 
 def _error(e: BaseException) -> dict[str, Any]:
@@ -113,13 +121,47 @@ class ImageWorker:
             outs[i] = {"ok": True}
 
 
+class TorchSampler:
+    """For a kind the engine does not cover (yet): ``sample`` via the model's own ``generate``, and the raw
+    model for the LM (whose decode loop lives in ``lm_worker``)."""
+
+    def __init__(self, model: Any, kind: str) -> None:
+        self.model, self.kind = model, kind
+
+    def sample(self, n: int, *, seed: int | None = None, labels: Any = None) -> np.ndarray:
+        from genloom.engine.base import check_labels, check_n, check_seed
+
+        n = check_n(n)
+        y = check_labels(labels, n, int(getattr(self.model.config, "num_classes", 0)))
+        gen = torch.Generator().manual_seed(check_seed(seed))
+        with torch.inference_mode():
+            out = self.model.generate(n, generator=gen, labels=None if y is None else torch.from_numpy(y))
+        # GAN generators end in tanh ([-1, 1]); VAE decoders in a sigmoid ([0, 1])
+        x = out.float().numpy().reshape(n, 28, 28)  # (n, 28, 28)
+        return np.clip((x + 1) / 2 if x.min() < 0 else x, 0.0, 1.0)
+
+
+def _load(path: str, threads: int) -> Any:
+    import genloom.engine as engine_mod
+    from genloom.export import load, read_header
+
+    kind = read_header(path).kind
+    try:
+        engine = engine_mod.load(path, threads=threads)
+        if kind != "lm" or hasattr(engine, "model"):
+            return engine
+    except Exception as e:
+        if "does not serve models of kind" not in str(e):
+            raise
+    torch.set_num_threads(threads)
+    return TorchSampler(load(path), kind)
+
+
 def main(conn: Connection, path: str, threads: int, slots: int) -> None:
     """Entry point of the worker process."""
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     try:
-        import genloom.engine as engine_mod
-
-        engine = engine_mod.load(path, threads=threads)
+        engine = _load(path, threads)
     except Exception as e:  # an invalid file: tell the server and exit; the old worker (if any) keeps serving
         conn.send_bytes(ipc.encode({"op": "load_error", **_error(e)}))
         conn.close()
@@ -129,7 +171,7 @@ def main(conn: Connection, path: str, threads: int, slots: int) -> None:
     if kind == "lm":
         from genloom.serve.lm_worker import LMLoop
 
-        LMLoop(engine, conn, slots=slots).run()
+        LMLoop(engine.model, conn, slots=slots).run()
         return
     worker = ImageWorker(engine)
     while True:
