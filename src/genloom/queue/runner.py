@@ -2,7 +2,8 @@
 
 VAE: each request's latent codes are drawn exactly as ``Engine.sample(n, seed=...)`` draws them (numpy PCG64
 noise per seed), concatenated into one (Σn, latent) matrix, decoded by one ``engine.decode`` call and split —
-so a seeded request gives the same images as ``genloom sample`` or the HTTP server, batched or not. Seedless
+so a seeded request gives the same images as ``genloom sample`` or the HTTP server, batched or not (up to
+float32 rounding: BLAS sums in a different order for another batch size, |Δ| ≤ 1e-6). Seedless
 requests share one noise draw. Other image engines run one ``sample`` per request; the LM runs one ``generate``
 call per group of requests with equal sampling settings.
 """

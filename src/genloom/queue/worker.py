@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -194,7 +195,7 @@ class QueueWorker:
                                timeout=cfg.batch_timeout_ms / 1000, concurrency=cfg.concurrency)
             batcher.start()
             self._batchers[name] = batcher
-            tag = await queue.consume(lambda msg, name=name: self._on_message(name, msg))
+            tag = await queue.consume(functools.partial(self._on_message, name))
             self._consumers.append((queue, tag))
         log.info("worker %s consuming %s", cfg.name, ", ".join(m.queue_name(n) for n in cfg.models))
 
