@@ -15,11 +15,13 @@ from genloom.recipes.common import Built, preset_value
 from genloom.recipes.images import add_dataset_args, load_splits, sample_grid_callback
 
 HELP = "variational autoencoder (MLP 784→400→20; β-VAE, conditional)"
-DEFAULTS: dict[str, Any] = {"epochs": 10, "batch_size": 128, "lr": 1e-3, "schedule": "cosine",
+DEFAULTS: dict[str, Any] = {"epochs": 10, "batch_size": 128, "lr": 1e-3, "schedule": "constant",
                             "min_lr_ratio": 0.0, "weight_decay": 0.0}
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"_doc": "3 epochs, for a first look", "epochs": 3},
     "lecture-large": {"_doc": "decoder 20→400→800→784", "dec_hidden": "400,800"},
+    "lecture": {"_doc": "the lecture's exact MLP and recipe: ReLU, constant LR", "activation": "relu",
+                "schedule": "constant"},
 }
 
 
@@ -41,6 +43,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="p(x|z): bernoulli (BCE, default) or gaussian (learned σ)")
     g.add_argument("--conditional", action="store_true", default=None,
                    help="conditional VAE: the class label goes into encoder and decoder")
+    g.add_argument("--activation", choices=("silu", "relu"), default=None,
+                   help="hidden activation (default silu; relu is the lecture's original)")
 
 
 def config_from_args(args: argparse.Namespace, num_classes: int) -> VAEConfig:
@@ -54,6 +58,7 @@ def config_from_args(args: argparse.Namespace, num_classes: int) -> VAEConfig:
         beta=preset_value(args, rec, "beta", 1.0),
         likelihood=preset_value(args, rec, "likelihood", "bernoulli"),
         num_classes=num_classes if preset_value(args, rec, "conditional", False) else 0,
+        activation=preset_value(args, rec, "activation", "silu"),
     )
 
 
@@ -61,6 +66,7 @@ def build(args: argparse.Namespace, tcfg) -> Built:
     splits = load_splits(args)
     cfg = config_from_args(args, num_classes=10)
     model = VAE(cfg)
+    model.init_output_bias(splits.train.images.float().mean(0).div(255))  # (28, 28) mean image in [0, 1]
     labels = torch.arange(100) % 10 if cfg.num_classes else None
 
     def after(path: Path, trainer) -> dict[str, Any]:
