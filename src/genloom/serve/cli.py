@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from genloom.errors import GenloomError
 from genloom.serve.config import ADMIN_TOKEN_ENV, ServerConfig, load_config
@@ -64,9 +65,24 @@ def run(config: ServerConfig, *, log_level: str = "info") -> None:
     logging.getLogger("genloom.serve").info(
         "starting", extra={"url": f"http://{config.host}:{config.port}", "pid": os.getpid(),
                            "models": {s.name: s.path.name for s in config.models}})
-    uvicorn.Server(uv).run()
+    _graceful_server_class()(uv).run()
     if not server.started:
         raise GenloomError(server.start_error or "the server did not start (see the log above)")
+
+
+def _graceful_server_class() -> type:
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; a completed drain exits 0 instead."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                yield
+                self._captured_signals.clear()
+
+    return GracefulServer
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

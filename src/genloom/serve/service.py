@@ -11,6 +11,7 @@ from genloom.serve.batcher import Batcher, Entry
 from genloom.serve.config import ModelSpec, ServerConfig
 from genloom.serve.metrics import Metrics
 from genloom.serve.supervisor import Supervisor
+from genloom.serve.workers import configure_preload
 from genloom.serve import tracing
 
 log = logging.getLogger("genloom.serve")
@@ -95,6 +96,7 @@ class Server:
         self.config = config
         self.metrics = Metrics()
         self.services = {spec.name: ModelService(spec, config=config, metrics=self.metrics) for spec in config.models}
+        configure_preload({s.kind for s in self.services.values()})
         self.draining = False
         self.started = False
         self.start_error: str | None = None

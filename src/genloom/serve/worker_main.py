@@ -24,17 +24,11 @@ import numpy as np
 from genloom.serve import ipc
 
 # imported here so a forkserver preloads them once and every (re)started worker forks with them in memory:
-# a restart after kill -9 then costs a fork and a model load (~50 ms), not a torch import (seconds)
-import importlib  # noqa: E402
+# a restart after kill -9 then costs a fork and a model load (~50 ms), not a torch import (seconds).
+# workers.configure_preload() adds the LM's modules when an LM is served.
 import torch  # noqa: E402
-
-for _mod in ("torch._dynamo",  # building a module on the meta device imports it lazily (4 s on a busy CPU)
-             "genloom.engine", "genloom.engine.image", "genloom.export", "genloom.models.vae",
-             "genloom.models.gan", "genloom.models.transformer", "genloom.models.lm_generate"):
-    try:
-        importlib.import_module(_mod)
-    except ImportError:  # a family not present in this install
-        pass
+import genloom.engine.image  # noqa: E402,F401
+import genloom.export  # noqa: E402,F401
 
 
 def _error(e: BaseException) -> dict[str, Any]:

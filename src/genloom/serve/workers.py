@@ -8,26 +8,35 @@ deadlines, and a worker that stops answering past them is killed and replaced.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import multiprocessing as mp
 import threading
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from genloom.errors import GenloomError
-from genloom.export import ModelFile, read_header
 from genloom.serve import ipc
-from genloom.serve.config import ModelSpec
 
 START_TIMEOUT_S = 120.0
 HANG_GRACE_S = 5.0  # a batch still running this long after its last deadline means a hung worker
-_ids = itertools.count(1)
 _ctx_lock = threading.Lock()
 _ctx: Any = None
+_preload = ["genloom.serve.worker_main"]
+# modules a kind imports lazily on load; preloading them keeps restarts fast. Building a module on the meta
+# device imports torch._dynamo (4 s on a busy CPU), so the LM's restart would otherwise take seconds.
+PRELOAD_BY_KIND = {"lm": ["torch._dynamo", "genloom.models.transformer", "genloom.models.lm_generate"],
+                   "gan": ["genloom.models.gan"]}
+
+
+def configure_preload(kinds: set[str]) -> None:
+    """Call before the first worker starts: what the forkserver imports once for every worker of these kinds."""
+    for kind in sorted(kinds):
+        for mod in PRELOAD_BY_KIND.get(kind, []):
+            if mod not in _preload:
+                _preload.append(mod)
 
 
 def mp_context() -> Any:
@@ -36,7 +45,7 @@ def mp_context() -> Any:
     with _ctx_lock:
         if _ctx is None:
             _ctx = mp.get_context("forkserver")
-            _ctx.set_forkserver_preload(["genloom.serve.worker_main"])
+            _ctx.set_forkserver_preload(list(_preload))
         return _ctx
 
 
