@@ -106,3 +106,50 @@ def test_load_errors(tmp_path: Path, vae_path: Path) -> None:
         load(vae_path, backend="cuda")
     with pytest.raises(InputError, match="threads must be a positive integer"):
         load(vae_path, threads=0)
+
+
+# -- GAN and LM ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_gan_sample_matches_the_generator(tmp_path: Path, arch: str) -> None:
+    from genloom.models.gan import GAN, GANConfig
+
+    torch.manual_seed(0)
+    gan = GAN(GANConfig(arch=arch, dim=8, latent=6, kernel=3, num_classes=2 if arch == "conv" else 0))
+    path = export.save(gan, tmp_path / "gan.safetensors")
+    eng = load(path, backend="eager")
+    assert eng.kind == "gan" and eng.latent == 6
+    imgs = eng.sample(4, seed=5)
+    assert imgs.shape == (4, 28, 28) and imgs.dtype == np.float32
+    labels = torch.arange(4) % 2 if arch == "conv" else None
+    with torch.no_grad():
+        ref = gan.ema(torch.from_numpy(noise(5, 4, 6)), labels).numpy().reshape(4, 28, 28)
+    np.testing.assert_allclose(imgs, ref, atol=1e-6)
+    np.testing.assert_allclose(eng.decode(noise(5, 4, 6)), imgs, atol=1e-6)
+    if arch == "conv":
+        assert not np.allclose(eng.sample(4, seed=5, labels=[1]), imgs)
+
+
+def test_lm_generate_and_stream(tmp_path: Path) -> None:
+    from genloom.models.lm_generate import generate
+    from genloom.models.transformer import LMConfig, TransformerLM
+
+    torch.manual_seed(0)
+    lm = TransformerLM(LMConfig(vocab_size=5, block_size=16, n_layer=1, n_head=2, n_embd=16), list("\nabc "))
+    path = export.save(lm, tmp_path / "lm.safetensors")
+    eng = load(path)
+    assert eng.kind == "lm" and eng.backend == "eager"
+    out = eng.generate(["ab", "c"], max_new_tokens=12, temperature=1.0, seed=3)
+    assert len(out) == 2 and all(len(t) == 12 for t in out)
+    assert out == generate(export.load(path), ["ab", "c"], max_new_tokens=12, temperature=1.0, seed=3)
+    assert eng.generate(["ab", "c"], max_new_tokens=12, temperature=1.0, seed=3) == out  # deterministic
+    assert "".join(eng.stream("ab", max_new_tokens=12, temperature=1.0, seed=3)) == out[0]
+    with pytest.raises(InputError, match="character 'z' is not in the model's vocabulary"):
+        eng.generate(["az"], max_new_tokens=1)
+    with pytest.raises(InputError, match="prompts must be a list"):
+        eng.generate("ab", max_new_tokens=1)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="max_new_tokens must be"):
+        eng.generate(["ab"], max_new_tokens=-1)
+    with pytest.raises(InputError, match="top_p must be"):
+        list(eng.stream("ab", top_p=1.5))
+    with pytest.raises(InputError, match="unknown generation option"):
+        eng.generate(["ab"], max_tokens=3)

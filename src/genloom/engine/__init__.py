@@ -24,6 +24,10 @@ def load(path: str | Path, *, threads: int | None = None, backend: str = "auto")
     """
     from genloom.engine.base import BACKENDS, InputError
 
+    if backend == "numpy":  # the torch-free path
+        from genloom.engine import lite
+
+        return lite.load(path, threads=threads)
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
@@ -31,12 +35,19 @@ def load(path: str | Path, *, threads: int | None = None, backend: str = "auto")
     import torch
 
     from genloom import export
-    from genloom.engine.image import VAEEngine
+    from genloom.engine.image import GANEngine, VAEEngine
 
     if threads is not None:
         torch.set_num_threads(threads)
     header = export.read_header(path)
+    if header.kind not in ("vae", "gan", "lm"):
+        raise InputError(f"{path}: the engine does not serve models of kind {header.kind!r}")
     model = export.load(path)
-    if header.kind == "vae":
-        return VAEEngine(model, header, backend="eager" if backend == "auto" else backend)
-    raise InputError(f"{path}: the engine does not serve models of kind {header.kind!r} yet")
+    if header.kind == "lm":
+        from genloom.engine.lm import LMEngine
+
+        if backend not in ("auto", "eager"):
+            raise InputError(f"backend {backend!r} is for image models; the LM runs eager (KV cache)")
+        return LMEngine(model, header)
+    cls = VAEEngine if header.kind == "vae" else GANEngine
+    return cls(model, header, backend=backend, threads=threads)

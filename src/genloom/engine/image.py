@@ -19,19 +19,36 @@ from genloom.export import ModelFile
 ZOrSeed = int | Sequence[float] | np.ndarray
 
 
+class _Generator(nn.Module):
+    """A GAN generator taking z ⊕ onehot(label) as one input: (n, latent + C) → (n, 784) in [0, 1].
+    (The one-hot is made by the engine, so every backend sees one plain float input.)"""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self.net, "fc"):  # conv generator: fc → ConvT ×3 (models/gan_nets.py)
+            h = torch.relu(self.net.fc(x)).view(-1, 4 * self.net.dim, 4, 4)  # (n, 4D, 4, 4)
+            h = torch.relu(self.net.up1(h)[:, :, :7, :7])  # (n, 2D, 7, 7)
+            h = torch.relu(self.net.up2(h))  # (n, D, 14, 14)
+            return torch.sigmoid(self.net.up3(h)).flatten(1)  # (n, 784)
+        return torch.sigmoid(self.net.net(x))  # MLP generator, (n, 784)
+
+
 class VAEEngine(Engine):
     kind: ClassVar[str] = "vae"
 
-    def __init__(self, model: nn.Module, header: ModelFile, *, backend: str = "eager") -> None:
+    def __init__(self, model: nn.Module, header: ModelFile, *, backend: str = "eager",
+                 threads: int | None = None) -> None:
         self.model = model.eval()
         self.header = header
         c = model.config
         self.latent, self.num_classes, self.x_dim = int(c.latent), int(c.num_classes), int(c.x_dim)
         # the decoder with its output nonlinearity: (n, latent + C) → (n, 784) Bernoulli means in [0, 1]
         self.decoder = nn.Sequential(model.decoder, nn.Sigmoid()).eval()
-        example = np.zeros((100, self.latent + self.num_classes), np.float32)
-        self.backend = backend
-        self._decode = backends.build(backend, self.decoder, example)
+        self.backend, self._decode = backends.select(backend, self.decoder, self.latent + self.num_classes,
+                                                     kind="vae", threads=threads)
 
     # -- calls --------------------------------------------------------------------------------------------
     def sample(self, n: int, *, seed: int | None = None, labels: Sequence[int] | None = None) -> np.ndarray:
@@ -76,4 +93,38 @@ class VAEEngine(Engine):
         if y is not None:
             z = np.concatenate([z, onehot(y, self.num_classes)], axis=1)  # (n, latent + C)
         out = self._decode(np.ascontiguousarray(z, dtype=np.float32))
+        return np.clip(out, 0.0, 1.0).reshape(len(z), *IMAGE_HW)  # (n, 28, 28)
+
+
+class GANEngine(Engine):
+    """Samples from a GAN's generator (the EMA copy when the file says to sample from it)."""
+
+    kind: ClassVar[str] = "gan"
+
+    def __init__(self, model: nn.Module, header: ModelFile, *, backend: str = "eager",
+                 threads: int | None = None) -> None:
+        self.model = model.eval()
+        self.header = header
+        c = model.config
+        self.latent, self.num_classes, self.arch = int(c.latent), int(c.num_classes), str(c.arch)
+        net = model.ema if bool(model.sample_from_ema) else model.generator
+        self.generator = _Generator(net).eval()
+        self.backend, self._generate = backends.select(backend, self.generator, self.latent + self.num_classes,
+                                                       kind=f"gan-{self.arch}", threads=threads)
+
+    def sample(self, n: int, *, seed: int | None = None, labels: Sequence[int] | None = None) -> np.ndarray:
+        """n images G(z), z ~ N(0, I): (n, 28, 28) in [0, 1]. A conditional model without labels cycles classes."""
+        n = check_n(n)
+        y = check_labels(labels, n, self.num_classes)
+        return self._run(noise(check_seed(seed), n, self.latent), y)
+
+    def decode(self, z: Any, *, labels: Sequence[int] | None = None) -> np.ndarray:
+        """G(z) for given latent codes (n, latent): lets a server draw each request's noise and batch them."""
+        z = check_latent(z, self.latent)
+        return self._run(z, check_labels(labels, len(z), self.num_classes))
+
+    def _run(self, z: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+        if y is not None:
+            z = np.concatenate([z, onehot(y, self.num_classes)], axis=1)  # (n, latent + C)
+        out = self._generate(np.ascontiguousarray(z, dtype=np.float32))
         return np.clip(out, 0.0, 1.0).reshape(len(z), *IMAGE_HW)  # (n, 28, 28)
