@@ -22,6 +22,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 from genloom.queue import admin
 from genloom.queue.client import QueueClient, Response
@@ -62,18 +63,48 @@ def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
             p.wait()
 
 
-async def one_run(model: str, n_requests: int, max_in_flight: int) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process from /proc (read only)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pids_where(pred: "Callable[[int, str, bytes], bool]") -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+                comm, ppid = stat[stat.index("(") + 1:stat.rindex(")")], int(stat.rsplit(")", 1)[1].split()[1])
+                if pred(ppid, comm, (d / "cmdline").read_bytes()):
+                    out.append(int(d.name))
+            except (OSError, ValueError):
+                continue
+    return out
+
+
+async def one_run(model: str, n_requests: int, max_in_flight: int, *, sups: list[int] | None = None
+                  ) -> dict[str, float]:
+    workers = pids_where(lambda ppid, comm, cmd: ppid in (sups or []) and b"spawn_main" in cmd)
+    broker = pids_where(lambda ppid, comm, cmd: comm == "beam.smp")
+    before = {p: cpu_seconds(p) for p in workers + broker}
     async with QueueClient(URL, timeout=120) as client:
         await client.check_model(model)
-        t0 = time.monotonic()
+        t0, c0 = time.monotonic(), time.process_time()
         res = await client.run_many(model, ({"n": 1} for _ in range(n_requests)), max_in_flight=max_in_flight)
-        elapsed = time.monotonic() - t0
+        elapsed, client_cpu = time.monotonic() - t0, time.process_time() - c0
+    used = {p: cpu_seconds(p) - before[p] for p in before}
     ok = [r for r in res if isinstance(r, Response) and r.ok]
     lat = sorted(r.latency_s * 1000 for r in ok)
     return {"ok": len(ok), "failed": n_requests - len(ok), "seconds": elapsed, "rps": n_requests / elapsed,
             "p50_ms": lat[len(lat) // 2] if lat else float("nan"),
             "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else float("nan"),
-            "duplicates": client.duplicates}
+            "duplicates": client.duplicates,
+            # CPU per request (µs), load-independent: where the work goes, and what 2 idle cores could do
+            "cpu_us_client": 1e6 * client_cpu / n_requests,
+            "cpu_us_workers": 1e6 * sum(used[p] for p in workers) / n_requests,
+            "cpu_us_broker": 1e6 * sum(used[p] for p in broker) / n_requests,
+            "loadavg_1m": os.getloadavg()[0]}
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
@@ -87,7 +118,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             try:
                 await admin.wait_for_consumers(URL, model, args.workers, timeout=120)
                 await one_run(model, min(500, args.requests), args.max_in_flight)  # warm-up
-                r = await one_run(model, args.requests, args.max_in_flight)
+                r = await one_run(model, args.requests, args.max_in_flight, sups=[p.pid for p in procs])
+                cpu = r["cpu_us_client"] + r["cpu_us_workers"] + r["cpu_us_broker"]
+                r["capacity_rps_on_2_idle_cores"] = 2e6 / cpu  # if nothing else ran on the 2 cores
             finally:
                 stop_workers(procs)
                 await admin.delete_model_queues(URL, model)
@@ -98,7 +131,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                                   "max_in_flight": args.max_in_flight, "cpus": os.cpu_count()}
     for b, rs in results.items():
         summary[f"batch_{b}"] = {k: round(statistics.median(r[k] for r in rs), 2)
-                                 for k in ("rps", "p50_ms", "p99_ms", "failed", "duplicates")}
+                                 for k in ("rps", "p50_ms", "p99_ms", "failed", "duplicates", "cpu_us_client",
+                                           "cpu_us_workers", "cpu_us_broker", "capacity_rps_on_2_idle_cores",
+                                           "loadavg_1m")}
         summary[f"batch_{b}"]["rps_all"] = [round(r["rps"]) for r in rs]  # type: ignore[index]
     if len(args.batch_sizes) == 2:
         a, b = args.batch_sizes

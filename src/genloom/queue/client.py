@@ -52,6 +52,7 @@ class QueueClient:
         self._pending: dict[str, tuple[asyncio.Future[Response], float]] = {}
         self._answered: set[str] = set()
         self._checked: set[str] = set()
+        self._check_lock = asyncio.Lock()
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._channel: aio_pika.abc.AbstractRobustChannel | None = None
         self._queue: aio_pika.abc.AbstractQueue | None = None
@@ -97,22 +98,38 @@ class QueueClient:
             if not fut.done():
                 fut.cancel()
 
+    @property
+    def answered(self) -> int:
+        """How many requests have their (first) response."""
+        return len(self._answered)
+
     # -- requests ---------------------------------------------------------------------------------------------
     async def check_model(self, model: str) -> None:
-        """Fail early, with the fix, when no worker has declared ``genloom.<model>``."""
+        """Fail early, with the fix, when no worker has declared ``genloom.<model>`` (checked once per model)."""
         if model in self._checked:
             return
         assert self._connection is not None, "call connect() first"
-        ch = await self._connection.channel()
-        try:
-            await ch.declare_queue(m.queue_name(model), passive=True)
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            raise GenloomError(f"no queue {m.queue_name(model)} on the broker: no worker serves model {model!r}; "
-                               f"start one with `genloom worker --amqp URL {model}=PATH`") from None
-        finally:
-            if not ch.is_closed:
-                await ch.close()
-        self._checked.add(model)
+        async with self._check_lock:
+            if model in self._checked:
+                return
+            try:
+                ch = await self._connection.channel()
+            except CONNECTION_ERRORS:
+                return  # reconnecting: the mandatory publish reports a missing queue anyway
+            try:
+                await ch.declare_queue(m.queue_name(model), passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                raise GenloomError(f"no queue {m.queue_name(model)} on the broker: no worker serves model "
+                                   f"{model!r}; start one with `genloom worker --amqp URL {model}=PATH`") from None
+            except CONNECTION_ERRORS:
+                return
+            finally:
+                if not ch.is_closed:
+                    try:
+                        await ch.close()
+                    except CONNECTION_ERRORS:
+                        pass
+            self._checked.add(model)
 
     async def submit(self, model: str, params: dict[str, Any] | None = None, *, op: str = "sample",
                      request_id: str | None = None) -> asyncio.Future[Response]:
@@ -146,6 +163,7 @@ class QueueClient:
     async def run_many(self, model: str, params: Iterable[dict[str, Any]], *, op: str = "sample",
                        max_in_flight: int = 1000, ids: Iterable[str] | None = None) -> list[Response | Exception]:
         """Submit all, keeping at most ``max_in_flight`` unanswered; results in submission order."""
+        await self.check_model(model)
         window = asyncio.Semaphore(max_in_flight)
         id_iter = iter(ids) if ids is not None else None
 
