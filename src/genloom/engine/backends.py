@@ -51,7 +51,7 @@ def eager(module: nn.Module, example: np.ndarray, threads: int | None) -> Runner
 
 def compiled(module: nn.Module, example: np.ndarray, threads: int | None) -> Runner:
     # dynamic=False: one graph per batch size (recompiles on a new size); the engine's batches are few sizes
-    return eager(torch.compile(module.eval(), dynamic=False, mode="max-autotune-no-cudagraphs"), example, threads)
+    return eager(torch.compile(module.eval(), dynamic=False), example, threads)
 
 
 def bf16(module: nn.Module, example: np.ndarray, threads: int | None) -> Runner:

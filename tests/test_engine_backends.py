@@ -1,0 +1,128 @@
+"""Every inference backend agrees with eager fp32 within its stated tolerance; the numpy path never imports torch."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from genloom import export
+from genloom.engine import backends, lite, load
+from genloom.errors import ModelFileError
+from genloom.models.gan import GAN, GANConfig
+from genloom.models.vae import VAE, VAEConfig
+
+
+def _save(model: torch.nn.Module, path: Path) -> Path:
+    return export.save(model, path)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    out = {
+        "vae-relu": _save(VAE(VAEConfig(enc_hidden=(64,), dec_hidden=(64, 96), latent=8, activation="relu")),
+                          d / "vae_relu.safetensors"),
+        "vae-silu-cond": _save(VAE(VAEConfig(enc_hidden=(64,), dec_hidden=(64,), latent=8, num_classes=3)),
+                               d / "vae_cond.safetensors"),
+        "gan-mlp": _save(GAN(GANConfig(arch="mlp", dim=64, latent=16)), d / "gan_mlp.safetensors"),
+        "gan-conv": _save(GAN(GANConfig(arch="conv", dim=8, latent=16, kernel=5, num_classes=2)),
+                          d / "gan_conv.safetensors"),
+        "gan-conv-k4": _save(GAN(GANConfig(arch="conv", dim=4, latent=8, kernel=4, ema_kimg=0)),
+                             d / "gan_conv4.safetensors"),
+    }
+    return out
+
+
+@pytest.mark.parametrize("backend", ["bf16", "int8", "onnx"])
+@pytest.mark.parametrize("name", ["vae-relu", "vae-silu-cond", "gan-mlp", "gan-conv"])
+def test_backend_matches_eager(files: dict[str, Path], name: str, backend: str) -> None:
+    ref = load(files[name], backend="eager").sample(32, seed=1)
+    eng = load(files[name], backend=backend)
+    assert eng.backend == backend
+    out = eng.sample(32, seed=1)
+    assert out.shape == ref.shape and out.dtype == np.float32
+    err = float(np.abs(out - ref).max())
+    assert err <= backends.TOLERANCE[backend], f"{backend} differs from eager by {err}"
+    if backend in backends.EXACT:
+        assert err <= 1e-5
+
+
+@pytest.mark.slow  # inductor compiles for ~45 s on 2 busy cores
+@pytest.mark.timeout(240)
+def test_compile_matches_eager(files: dict[str, Path]) -> None:
+    ref = load(files["vae-relu"], backend="eager").sample(16, seed=2)
+    out = load(files["vae-relu"], backend="compile").sample(16, seed=2)
+    assert float(np.abs(out - ref).max()) <= backends.TOLERANCE["compile"]
+
+
+def test_auto_picks_an_exact_backend(files: dict[str, Path]) -> None:
+    for name in ("vae-relu", "gan-mlp"):
+        eng = load(files[name])
+        assert eng.backend in backends.EXACT
+        np.testing.assert_allclose(eng.sample(8, seed=0), load(files[name], backend="eager").sample(8, seed=0),
+                                   atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["vae-relu", "vae-silu-cond", "gan-mlp", "gan-conv", "gan-conv-k4"])
+def test_numpy_path_matches_eager(files: dict[str, Path], name: str) -> None:
+    eng, ref = lite.load(files[name]), load(files[name], backend="eager")
+    assert eng.kind == ref.kind and eng.latent == ref.latent and eng.num_classes == ref.num_classes
+    np.testing.assert_allclose(eng.sample(9, seed=4), ref.sample(9, seed=4), atol=1e-5)
+    z = np.random.default_rng(1).standard_normal((3, ref.latent)).astype(np.float32)
+    np.testing.assert_allclose(eng.decode(z), ref.decode(z), atol=1e-5)
+    if ref.kind == "vae":
+        x = ref.sample(4, seed=0)
+        np.testing.assert_allclose(eng.encode(x), ref.encode(x), atol=1e-4)
+        np.testing.assert_allclose(eng.reconstruct(x), ref.reconstruct(x), atol=1e-5)
+        np.testing.assert_allclose(eng.interpolate(0, 1, steps=4), ref.interpolate(0, 1, steps=4), atol=1e-5)
+
+
+def test_conv_transpose_matches_torch() -> None:
+    rng = np.random.default_rng(0)
+    for k in (3, 4, 5):
+        p = (k - 1) // 2
+        op = 2 + 2 * p - k
+        conv = torch.nn.ConvTranspose2d(3, 2, k, 2, p, op)
+        x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+        with torch.no_grad():
+            ref = conv(torch.from_numpy(x)).numpy()
+        out = lite.conv_transpose2d(x, conv.weight.detach().numpy(), conv.bias.detach().numpy(), stride=2,
+                                    padding=p, output_padding=op)
+        assert out.shape == ref.shape == (2, 2, 10, 10)
+        np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_numpy_path_never_imports_torch(files: dict[str, Path]) -> None:
+    code = (
+        "import sys\n"
+        "import genloom.engine as E\n"
+        f"e = E.load({str(files['vae-relu'])!r}, backend='numpy')\n"
+        "assert e.sample(4, seed=0).shape == (4, 28, 28)\n"
+        f"g = E.load({str(files['gan-conv'])!r}, backend='numpy')\n"
+        "assert g.sample(2, seed=0, labels=[1]).shape == (2, 28, 28)\n"
+        "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"
+        "assert not bad, bad[:3]\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_numpy_path_errors(tmp_path: Path, files: dict[str, Path]) -> None:
+    with pytest.raises(ModelFileError, match="no such model file"):
+        lite.load(tmp_path / "nope.safetensors")
+    bad = tmp_path / "trunc.safetensors"
+    bad.write_bytes(files["vae-relu"].read_bytes()[:-100])
+    with pytest.raises(ModelFileError, match="truncated"):
+        lite.load(bad)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"hello world, not a model")
+    with pytest.raises(ModelFileError, match="not a safetensors file"):
+        lite.load(junk)
+    h = lite.read_header(files["gan-mlp"])
+    assert h.kind == "gan" and h.config == export.read_header(files["gan-mlp"]).config
