@@ -4,7 +4,8 @@
         --body '{"n": 1, "format": "npy"}' --concurrency 64 --duration 10 [--header X-Request-Timeout:2]
 
 Each of ``--concurrency`` connections sends one request, reads the whole response, and sends the next, until
-``--duration`` seconds or ``--requests`` in total. Prints one JSON object: requests/s, latency percentiles
+``--duration`` seconds or ``--requests`` in total (closed loop); with ``--rate R`` it starts R requests per second
+whatever the server does (open loop, for overload). Prints one JSON object: requests/s, latency percentiles
 (p50/p99, ms), status counts, errors (connection failures, timeouts). Light enough that the generator is not
 the bottleneck on a busy 2-core machine (~30 µs of CPU per request). For 127.0.0.1 only.
 """
@@ -105,6 +106,72 @@ async def run(*, url: str, body: bytes, concurrency: int, duration: float, reque
             "p99_503_ms": round(float(np.percentile(slow_503, 99)) * 1000, 2) if slow_503 else None}
 
 
+async def run_open(*, url: str, body: bytes, rate: float, duration: float, headers: list[str],
+                   method: str = "POST", timeout: float = 30.0, max_connections: int = 1024) -> dict[str, Any]:
+    """Open loop: start ``rate`` requests per second whatever the server does (the way overload arrives)."""
+    host, port, raw = build_request(url, body, headers, method)
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    lat: dict[int, list[float]] = {}
+    errors = {"connect": 0, "timeout": 0, "reset": 0, "no_connection": 0}
+    open_conns = [0]
+
+    async def one() -> None:
+        t0 = time.monotonic()
+        if idle:
+            reader, writer = idle.pop()
+        elif open_conns[0] < max_connections:
+            open_conns[0] += 1
+            try:
+                reader, writer = await asyncio.open_connection(host, port)
+            except OSError:
+                open_conns[0] -= 1
+                errors["connect"] += 1
+                return
+        else:
+            errors["no_connection"] += 1
+            return
+        try:
+            writer.write(raw)
+            status, _, h = await asyncio.wait_for(read_response(reader), timeout)
+            lat.setdefault(status, []).append(time.monotonic() - t0)
+            if h.get("connection") == "close":
+                writer.close()
+                open_conns[0] -= 1
+            else:
+                idle.append((reader, writer))
+        except TimeoutError:
+            errors["timeout"] += 1
+            writer.close()
+            open_conns[0] -= 1
+        except (ConnectionError, asyncio.IncompleteReadError, OSError):
+            errors["reset"] += 1
+            writer.close()
+            open_conns[0] -= 1
+
+    tasks = []
+    t_start = time.monotonic()
+    i = 0
+    while (now := time.monotonic()) < t_start + duration:
+        due = int((now - t_start) * rate) + 1  # requests that should have started by now
+        while i < due:
+            tasks.append(asyncio.create_task(one()))
+            i += 1
+        await asyncio.sleep(0.001)
+    await asyncio.gather(*tasks)
+    wall = time.monotonic() - t_start
+    for _, w in idle:
+        w.close()
+
+    def pct(xs: list[float], q: float) -> float | None:
+        return round(float(np.percentile(xs, q)) * 1000, 2) if xs else None
+
+    return {"sent": i, "offered_rps": round(i / duration, 1), "seconds": round(wall, 3),
+            "ok_rps": round(len(lat.get(200, [])) / duration, 1),
+            "status": {str(k): len(v) for k, v in sorted(lat.items())}, "errors": errors,
+            "latency_ms": {str(k): {"p50": pct(v, 50), "p99": pct(v, 99), "max": pct(v, 100)}
+                           for k, v in sorted(lat.items())}}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", required=True)
@@ -114,6 +181,8 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--requests", type=int, default=None)
     p.add_argument("--header", action="append", default=[], help="NAME:VALUE (repeatable)")
+    p.add_argument("--rate", type=float, default=None, help="open loop: requests per second (ignores "
+                   "--concurrency)")
     args = p.parse_args()
     try:
         import uvloop
@@ -121,6 +190,11 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
+    if args.rate is not None:
+        out = asyncio.run(run_open(url=args.url, body=args.body.encode(), rate=args.rate, duration=args.duration,
+                                   headers=args.header, method=args.method))
+        print(json.dumps(out))
+        return
     out = asyncio.run(run(url=args.url, body=args.body.encode(), concurrency=args.concurrency,
                           duration=args.duration, requests=args.requests, headers=args.header, method=args.method))
     print(json.dumps(out))

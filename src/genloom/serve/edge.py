@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 import uuid
@@ -82,6 +83,11 @@ async def wait_result(request: Request, fut: asyncio.Future, deadline: float) ->
     raise HTTPError(504, "deadline passed before the result was ready; raise X-Request-Timeout or retry later")
 
 
+_RID_PREFIX = uuid.uuid4().hex[:12]
+_rid_counter = itertools.count(1)
+
+
 def new_request_id(request: Request) -> str:
+    """The client's X-Request-Id (≤ 128 chars), or ``<random per process>-<counter>`` (unique, and cheap)."""
     rid = request.headers.get("x-request-id")
-    return rid[:128] if rid else uuid.uuid4().hex
+    return rid[:128] if rid else f"{_RID_PREFIX}-{next(_rid_counter)}"

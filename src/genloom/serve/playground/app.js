@@ -13,7 +13,7 @@ const el = (tag, props = {}, ...kids) => {
     else if (k in node && typeof v !== "string") node[k] = v;
     else node.setAttribute(k, v === true ? "" : v);
   }
-  for (const kid of kids.flat()) if (kid !== null && kid !== undefined && kid !== false) node.append(kid);
+  for (const kid of kids.flat(Infinity)) if (kid !== null && kid !== undefined && kid !== false) node.append(kid);
   return node;
 };
 
@@ -114,7 +114,7 @@ function sampleSection(m) {
   const caption = el("figcaption", { class: "muted small" });
   const err = errorBox();
   const go = el("button", { class: "primary", onclick: () => run() }, "Sample");
-  const dice = el("button", { title: "random seed", onclick: () => { seed.value = randomSeed(); run(); } }, "🎲");
+  const dice = el("button", { title: "a random seed", onclick: () => { seed.value = randomSeed(); run(); } }, "random");
   const section = el("section", { class: "block samples", dataset: { state: "loading" } },
     el("h3", {}, "Samples"),
     el("div", { class: "controls" }, field("seed", seed, dice), field("count", count), go),
@@ -213,7 +213,7 @@ function walkSection(m, names) {
     const i = Number(slider.value);
     if (!images.length) return;
     drawImages(frame, [images[i]], { scale: 6, pad: 0 });
-    drawImages(strip, images, { cols: Math.min(images.length, 12), scale: 1, pad: 2, highlight: i });
+    drawImages(strip, images, { cols: Math.min(images.length, 12), scale: 2, pad: 2, highlight: i });
     tLabel.textContent = `step ${i + 1}/${images.length} · t = ${(i / (images.length - 1)).toFixed(2)}`;
   }
 
@@ -274,12 +274,12 @@ function lmSection(m, info) {
   const maxTokens = m.limits?.max_new_tokens ?? 1024;
   const prompt = el("textarea", { rows: "3", class: "prompt", spellcheck: "false" });
   prompt.value = defaultPrompt(info.vocab);
-  const temp = el("input", { type: "range", min: "0", max: "2", step: "0.05", value: "0.8" });
+  const temp = el("input", { type: "range", min: "0", max: "2", step: "0.05", value: "0.8", class: "temperature" });
   const tempOut = el("output", {}, "0.80");
   temp.addEventListener("input", () => { tempOut.textContent = Number(temp.value).toFixed(2); });
-  const topK = numberInput("", { min: 1, placeholder: "off", class: "narrow" });
-  const maxNew = numberInput(Math.min(400, maxTokens), { min: 1, max: maxTokens, class: "narrow" });
-  const seed = numberInput("", { min: 0, placeholder: "random", class: "narrow" });
+  const topK = numberInput("", { min: 1, placeholder: "off", class: "narrow top-k" });
+  const maxNew = numberInput(Math.min(400, maxTokens), { min: 1, max: maxTokens, class: "narrow max-new" });
+  const seed = numberInput("", { min: 0, placeholder: "random", class: "narrow lm-seed" });
   const promptOut = el("span", { class: "prompt-echo" });
   const textNode = document.createTextNode("");
   const out = el("pre", { class: "lm-output", dataset: { tokens: "0", state: "idle" } }, promptOut,
