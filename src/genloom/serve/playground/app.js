@@ -331,6 +331,7 @@ function lmSection(m, info) {
         out.dataset.state = "stopped";
       } else {
         err.show(e);
+        stats.textContent = n ? `${n} tokens before the error` : "";
         out.dataset.state = "error";
       }
     } finally {
