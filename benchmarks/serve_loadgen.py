@@ -115,38 +115,48 @@ async def run_open(*, url: str, body: bytes, rate: float, duration: float, heade
     errors = {"connect": 0, "timeout": 0, "reset": 0, "no_connection": 0}
     open_conns = [0]
 
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        if open_conns[0] >= max_connections:
+            errors["no_connection"] += 1
+            return None
+        open_conns[0] += 1
+        try:
+            return await asyncio.open_connection(host, port)
+        except OSError:
+            open_conns[0] -= 1
+            errors["connect"] += 1
+            return None
+
     async def one() -> None:
         t0 = time.monotonic()
-        if idle:
-            reader, writer = idle.pop()
-        elif open_conns[0] < max_connections:
-            open_conns[0] += 1
+        reused = bool(idle)
+        conn = idle.pop() if idle else await connect()
+        while conn is not None:
+            reader, writer = conn
             try:
-                reader, writer = await asyncio.open_connection(host, port)
-            except OSError:
+                writer.write(raw)
+                status, _, h = await asyncio.wait_for(read_response(reader), timeout)
+            except TimeoutError:
+                errors["timeout"] += 1
+                writer.close()
                 open_conns[0] -= 1
-                errors["connect"] += 1
                 return
-        else:
-            errors["no_connection"] += 1
-            return
-        try:
-            writer.write(raw)
-            status, _, h = await asyncio.wait_for(read_response(reader), timeout)
+            except (ConnectionError, asyncio.IncompleteReadError, OSError):
+                writer.close()
+                open_conns[0] -= 1
+                if reused:  # the server closed an idle keep-alive connection: retry once on a new one
+                    reused = False
+                    conn = await connect()
+                    continue
+                errors["reset"] += 1
+                return
             lat.setdefault(status, []).append(time.monotonic() - t0)
             if h.get("connection") == "close":
                 writer.close()
                 open_conns[0] -= 1
             else:
                 idle.append((reader, writer))
-        except TimeoutError:
-            errors["timeout"] += 1
-            writer.close()
-            open_conns[0] -= 1
-        except (ConnectionError, asyncio.IncompleteReadError, OSError):
-            errors["reset"] += 1
-            writer.close()
-            open_conns[0] -= 1
+            return
 
     tasks = []
     t_start = time.monotonic()

@@ -42,8 +42,9 @@ def routes(server: Server) -> list[BaseRoute]:
             resp.headers["X-Request-Id"] = rid
             known = model if model in server.services else None
             if known is not None:
-                server.metrics.requests.labels(known, name, str(resp.status_code)).inc()
-                server.metrics.latency.labels(known, name).observe(time.monotonic() - t0)
+                status = str(resp.status_code)
+                server.metrics.requests.labels(known, name, status).inc()
+                server.metrics.latency.labels(known, name, status).observe(time.monotonic() - t0)
                 if resp.status_code in (503, 504):
                     server.metrics.rejected.labels(known, "overload" if resp.status_code == 503 else "deadline").inc()
             if cfg.access_log:

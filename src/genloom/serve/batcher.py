@@ -64,7 +64,8 @@ class Batcher:
         self._queued_size = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self._batch_seconds = 0.0  # EMA of one batch's duration, for the admission estimate
+        self._batch_seconds = 0.0  # EMA of one batch cycle while busy, for the admission estimate
+        self._last_end: float | None = None  # when the previous batch finished, if work was waiting then
         self.in_flight = 0
 
     # -- lifecycle ----------------------------------------------------------------------------------------
@@ -95,8 +96,9 @@ class Batcher:
     def estimated_wait(self, size: int = 1) -> float:
         """Seconds until a new entry of ``size`` would finish: the batches ahead of it plus its own.
 
-        wait ≈ (⌈queued / max_batch⌉ + in_flight + 1) · EMA(batch seconds), plus max_wait when its batch would
-        not be full (a partial batch waits out the collection window).
+        wait ≈ (⌈queued / max_batch⌉ + in_flight + 1) · EMA(batch cycle), plus max_wait when its batch would
+        not be full (a partial batch waits out the collection window). The cycle is measured from one batch's
+        start to the next while work was waiting, so it includes the time the event loop spends on HTTP.
         """
         batches_ahead = math.ceil(self._queued_size / self.max_batch_size) + (1 if self.in_flight else 0)
         partial = (self._queued_size + size) % self.max_batch_size != 0
@@ -191,8 +193,13 @@ class Batcher:
                         e.future.set_result(r)
         finally:
             self.in_flight = 0
-        dt = time.monotonic() - t0
+        t1 = time.monotonic()
+        dt = t1 - t0
+        # busy (work waited since the last batch ended): the cycle is end to end, so it includes the time the
+        # event loop spent answering and parsing HTTP between batches; idle: just this batch's duration
+        cycle = t1 - self._last_end if self._last_end is not None else dt
+        self._last_end = t1 if self._queue else None
         # EMA with α = 0.2: smooth enough to ignore one slow batch, quick to follow a load change
-        self._batch_seconds = dt if self._batch_seconds == 0 else 0.8 * self._batch_seconds + 0.2 * dt
+        self._batch_seconds = cycle if self._batch_seconds == 0 else 0.8 * self._batch_seconds + 0.2 * cycle
         if self.on_batch is not None:
             self.on_batch(batch, dt)

@@ -15,7 +15,7 @@ class Metrics:
         self.requests = Counter("genloom_requests", "HTTP requests by model, endpoint and status",
                                 ["model", "endpoint", "status"], registry=r)
         self.latency = Histogram("genloom_request_latency_seconds", "request latency, arrival to response",
-                                 ["model", "endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+                                 ["model", "endpoint", "status"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_wait = Histogram("genloom_queue_wait_seconds", "time a request waited for its batch",
                                     ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("genloom_batch_size", "items (images) per forward pass", ["model"],

@@ -149,6 +149,9 @@ function sampleSection(m) {
   return section;
 }
 
+// "3 · Dress" when the dataset names its classes, "label 3" when the names are just the numbers
+const labelText = (names, i) => (names[i] === String(i) ? `label ${i}` : `${i} · ${names[i]}`);
+
 // --- conditional models: one row of samples per label, the same seed (so the same noise) in every row --------
 function labelSection(m, names) {
   const seed = numberInput(0, { min: 0 });
@@ -173,7 +176,7 @@ function labelSection(m, names) {
       rows.replaceChildren(...results.map((images, label) => {
         const canvas = el("canvas", { class: "label-row" });
         drawImages(canvas, images, { cols: k, scale: 2 });
-        return el("div", { class: "label-line" }, el("span", { class: "label-name" }, `${label} · ${names[label]}`), canvas);
+        return el("div", { class: "label-line" }, el("span", { class: "label-name" }, labelText(names, label)), canvas);
       }));
       err.show(null);
       section.dataset.state = "ready";
@@ -193,7 +196,7 @@ function walkSection(m, names) {
   const a = numberInput(0, { min: 0 }), b = numberInput(1, { min: 0 });
   const steps = numberInput(12, { min: 2, max: 64 });
   const label = names.length
-    ? el("select", {}, names.map((nm, i) => el("option", { value: String(i) }, `${i} · ${nm}`))) : null;
+    ? el("select", {}, names.map((_, i) => el("option", { value: String(i) }, labelText(names, i)))) : null;
   const frame = el("canvas", { class: "walk-frame" });
   const strip = el("canvas", { class: "walk-strip" });
   const slider = el("input", { type: "range", min: "0", max: "11", value: "0", class: "walk-slider" });

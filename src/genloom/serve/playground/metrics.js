@@ -45,14 +45,15 @@ function draw(chart) {
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, w, h);
   const top = niceMax(Math.max(0, ...points.filter((p) => p !== null)));
-  const x = (i) => w - (points.length - 1 - i) * (w / (HISTORY - 1));
-  const y = (v) => h - 2 - (v / top) * (h - 14);
+  // the x step shrinks as history fills (≥ 30 points wide), newest point at the right edge
+  const x = (i) => w - (points.length - 1 - i) * (w / (Math.max(points.length, 30) - 1));
+  const y = (v) => h - 2 - (v / top) * (h - 14); // top → 12 px from the top edge
   ctx.strokeStyle = "#e9ecef";
   ctx.lineWidth = 1;
   ctx.beginPath(); ctx.moveTo(0, y(top) + 0.5); ctx.lineTo(w, y(top) + 0.5); ctx.stroke();
   ctx.fillStyle = "#868e96";
   ctx.font = "10px system-ui, sans-serif";
-  ctx.fillText(fmt(top), 2, 10);
+  ctx.fillText(fmt(top), 3, 10); // the y-axis top, just above its grid line
   ctx.strokeStyle = "#1c7ed6";
   ctx.fillStyle = "rgba(28, 126, 214, 0.12)";
   ctx.lineWidth = 1.5;
