@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute, Route
 
 from genloom.engine.base import InputError, check_images, check_labels
 from genloom.serve import edge
-from genloom.serve import logs, tracing, validation
+from genloom.serve import logs, validation
 from genloom.serve.batcher import DeadlineExceeded, Overloaded
 from genloom.serve.encode import MEDIA, encode_images
 from genloom.serve.openapi import docs_html, openapi_spec
@@ -66,12 +66,11 @@ def routes(server: Server) -> list[BaseRoute]:
         return svc
 
     async def submit(request: Request, svc: ModelService, item: dict[str, Any], *, size: int, deadline: float,
-                     arrays: list[np.ndarray] | None = None) -> np.ndarray:
+                     rid: str, arrays: list[np.ndarray] | None = None) -> np.ndarray:
         assert svc.batcher is not None
         try:
-            with tracing.span("genloom.queue", model=svc.name, size=size):
-                entry = svc.batcher.submit(item, size=size, deadline=deadline, arrays=arrays)
-                return await edge.wait_result(request, entry.future, deadline)
+            entry = svc.batcher.submit(item, size=size, deadline=deadline, arrays=arrays, request_id=rid)
+            return await edge.wait_result(request, entry.future, deadline)
         except Overloaded as e:
             raise edge.HTTPError(503, f"model {svc.name!r} is overloaded: {e}; retry later",
                                  headers=edge.retry_after(e.retry_after)) from None
@@ -102,7 +101,7 @@ def routes(server: Server) -> list[BaseRoute]:
         svc = service(request, "vae", "gan")
         p, deadline = await body_of(request, svc, "sample")
         item = {"op": "sample", "n": p["n"], "seed": p["seed"], "labels": labels_for(svc, p["labels"], p["n"])}
-        images = await submit(request, svc, item, size=p["n"], deadline=deadline)
+        images = await submit(request, svc, item, size=p["n"], deadline=deadline, rid=rid)
         return image_response(images, p["format"], svc)
 
     async def reconstruct(request: Request, rid: str) -> Response:
@@ -114,7 +113,8 @@ def routes(server: Server) -> list[BaseRoute]:
         except InputError as e:
             raise edge.HTTPError(422, str(e), field="images") from None
         item = {"op": "reconstruct", "labels": labels_for(svc, p["labels"], len(flat)), "_array_keys": ["array"]}
-        images = await submit(request, svc, item, size=len(flat), deadline=deadline, arrays=[flat])
+        images = await submit(request, svc, item, size=len(flat), deadline=deadline, rid=rid,
+                              arrays=[flat])
         return image_response(images, p["format"], svc)
 
     async def interpolate(request: Request, rid: str) -> Response:
@@ -126,7 +126,7 @@ def routes(server: Server) -> list[BaseRoute]:
             raise edge.HTTPError(422, f"label must be in 0..{num_classes - 1} for a conditional model, null "
                                       f"otherwise", field="label")
         item = {"op": "interpolate", "a": p["a"], "b": p["b"], "steps": p["steps"], "label": p["label"]}
-        images = await submit(request, svc, item, size=p["steps"], deadline=deadline)
+        images = await submit(request, svc, item, size=p["steps"], deadline=deadline, rid=rid)
         return image_response(images, p["format"], svc)
 
     async def generate(request: Request, rid: str) -> Response:

@@ -40,6 +40,7 @@ class Entry:
     enqueued: float = field(default_factory=time.monotonic)
     arrays: list[Any] = field(default_factory=list)
     started: float | None = None  # when its batch went to the worker
+    request_id: str | None = None  # for logs and traces
 
     def cancel(self) -> None:
         """The client went away or gave up: drop it from the queue, discard its result."""
@@ -105,7 +106,7 @@ class Batcher:
         return (batches_ahead + 1) * self._batch_seconds + (self.max_wait if partial else 0.0)
 
     def submit(self, item: dict[str, Any], *, size: int = 1, deadline: float,
-               arrays: list[Any] | None = None) -> Entry:
+               arrays: list[Any] | None = None, request_id: str | None = None) -> Entry:
         """Queue one request, or raise Overloaded at once. Await ``entry.future`` for the result."""
         if len(self._queue) >= self.max_queue:
             raise Overloaded(f"queue full ({self.max_queue} requests waiting)",
@@ -115,7 +116,8 @@ class Batcher:
         if now + wait > deadline:
             raise Overloaded(f"estimated wait {wait:.2f}s exceeds the request deadline "
                              f"({deadline - now:.2f}s left)", retry_after=max(1.0, wait))
-        entry = Entry(item, size, deadline, asyncio.get_running_loop().create_future(), now, arrays or [])
+        entry = Entry(item, size, deadline, asyncio.get_running_loop().create_future(), now, arrays or [],
+                      request_id=request_id)
         self._queue.append(entry)
         self._queued_size += size
         self._wakeup.set()

@@ -63,17 +63,23 @@ class ModelService:
                 arrays.append(arr)
             items.append(item)
         deadline = max(e.deadline for e in entries)
-        with tracing.span("genloom.batch", model=self.name, size=sum(e.size for e in entries)):
-            return await self.supervisor.run_batch(items, arrays, deadline=deadline)
+        return await self.supervisor.run_batch(items, arrays, deadline=deadline)
 
     def _on_batch(self, entries: list[Entry], seconds: float) -> None:
         m = self.metrics
         m.batch_size.labels(self.name).observe(sum(e.size for e in entries))
         m.batch_seconds.labels(self.name).observe(seconds)
         qw = m.queue_wait.labels(self.name)
+        size = sum(e.size for e in entries)
         for e in entries:
             if e.started is not None:
                 qw.observe(e.started - e.enqueued)
+                if tracing.ENABLED:
+                    tracing.record("genloom.queue_wait", start=e.enqueued, end=e.started, model=self.name,
+                                   request_id=e.request_id)
+        if tracing.ENABLED and entries[0].started is not None:
+            tracing.record("genloom.batch", start=entries[0].started, end=entries[0].started + seconds,
+                           model=self.name, size=size, requests=len(entries))
 
     def describe(self) -> dict[str, Any]:
         h = self.header

@@ -11,6 +11,7 @@ from typing import Any, AsyncIterator
 import numpy as np
 
 from genloom.export import ModelFile, read_header
+from genloom.serve import tracing
 from genloom.serve.batcher import DeadlineExceeded, Overloaded
 from genloom.serve.config import ModelSpec
 from genloom.serve.workers import (HANG_GRACE_S, InputRejected, ModelLoadError, WorkerCrashed, WorkerProcess,
@@ -169,6 +170,10 @@ class Supervisor:
                 w.kill()
                 raise WorkerUnavailable(f"model {self.name!r}: the worker stopped responding; restarting it"
                                         ) from None
+            if tracing.ENABLED and "compute_s" in header:
+                now = time.monotonic()
+                tracing.record("genloom.inference", start=now - header["compute_s"], end=now, model=self.name,
+                               pid=w.pid, items=len(items))
             return unpack_outputs(header, out_arrays)
         raise AssertionError("unreachable")
 

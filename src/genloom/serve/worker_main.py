@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any
@@ -182,8 +183,10 @@ def main(conn: Connection, path: str, threads: int, slots: int) -> None:
         if op != "batch":
             continue
         try:
+            t0 = time.monotonic()
             outs, arrs = worker.run(header["items"], arrays)
-            msg = ipc.encode({"op": "result", "id": header["id"], "ok": True, "outputs": outs}, arrs)
+            msg = ipc.encode({"op": "result", "id": header["id"], "ok": True, "outputs": outs,
+                              "compute_s": time.monotonic() - t0}, arrs)
         except Exception as e:
             traceback.print_exc(file=sys.stderr)
             msg = ipc.encode({"op": "result", "id": header["id"], "ok": False, **_error(e)})
