@@ -85,6 +85,10 @@ def test_schedules():
     assert lr_factor("warmup-cosine", 9, 110, warmup=10) == pytest.approx(1.0)
     assert lr_factor("warmup-cosine", 60, 110, warmup=10) == pytest.approx(0.5)
     assert lr_factor("cosine", 0, None, progress=0.5) == pytest.approx(0.5)
+    assert lr_factor("wsd", 70, 100) == 1.0  # held until the last quarter
+    assert lr_factor("wsd", 90, 100) == pytest.approx(0.4)
+    assert lr_factor("wsd", 100, 100, min_ratio=0.1) == pytest.approx(0.1)
+    assert lr_factor("wsd", 0, 100, warmup=10) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="unknown schedule"):
         lr_factor("step", 0, 10)
 

@@ -16,20 +16,21 @@ from genloom.errors import GenloomError
 
 # Subcommands contributed by other stages: each module has ``register(subparsers)``; missing ones are skipped.
 EXTENSIONS: list[str] = [
-    "genloom.queue.cli",
     "genloom.serve.cli",
+    "genloom.queue.cli",
+    "genloom.engine.cli",
 ]
 
 # kind -> "module:function" for `genloom sample` and `genloom eval`; each gets (args, model_path, header)
 SAMPLERS: dict[str, str] = {
     "vae": "genloom.commands.images:sample",
-    "gan": "genloom.commands.images:sample",
     "lm": "genloom.commands.lm:sample",
+    "gan": "genloom.commands.images:sample",
 }
 EVALUATORS: dict[str, str] = {
     "vae": "genloom.commands.images:evaluate",
-    "gan": "genloom.commands.fid:evaluate",
     "lm": "genloom.commands.lm:evaluate",
+    "gan": "genloom.commands.fid:evaluate",
 }
 
 
@@ -148,12 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", type=Path, help="a genloom .safetensors file")
     i.set_defaults(func=_cmd_info)
 
-    q = sub.add_parser("quickstart", help="train a small VAE briefly, export, sample, evaluate (and serve)",
-                       description="The main job in one command: train a small VAE on Fashion-MNIST, export it, "
-                                   "write a sample grid, print the test ELBO.")
+    q = sub.add_parser("quickstart", help="train small VAE, GAN and LM briefly, export, sample (and serve)",
+                       description="The main job in one command: train a small VAE, a GAN and a character LM "
+                                   "briefly, export them, write samples, print the VAE's test ELBO, and with "
+                                   "--serve serve all three over HTTP.")
     q.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="run directory")
     q.add_argument("--epochs", type=int, default=3, help="VAE epochs")
+    q.add_argument("--budget", type=float, default=60.0, help="training seconds for the GAN and for the LM")
     q.add_argument("--data", type=Path, default=None, help="directory with the Fashion-MNIST IDX files")
+    q.add_argument("--text", type=Path, default=None, help="UTF-8 corpus for the LM (default: tinyshakespeare)")
     q.add_argument("--serve", action="store_true", help="serve the trained model(s) afterwards")
     q.add_argument("--port", type=int, default=8000, help="port for --serve")
     q.set_defaults(func=_cmd_quickstart)

@@ -38,6 +38,7 @@ class TrainConfig:
     schedule: str = "constant"  # constant | cosine | warmup-cosine
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
+    decay_frac: float = 0.25  # wsd: the final fraction of training over which the LR decays
     grad_clip: float | None = None  # global-norm clipping
     val_every: int | None = None  # steps; None = at the end of every epoch
     val_batches: int | None = None  # cap on validation batches (None = the whole validation set)
@@ -195,7 +196,7 @@ class Trainer:
         if self.total_steps is None and self.cfg.time_budget:
             progress = (self.elapsed + time.monotonic() - t0) / self.cfg.time_budget
         f = lr_factor(self.cfg.schedule, self.step, self.total_steps, warmup=self.cfg.warmup_steps,
-                      min_ratio=self.cfg.min_lr_ratio, progress=progress)
+                      min_ratio=self.cfg.min_lr_ratio, progress=progress, decay_frac=self.cfg.decay_frac)
         for opt in self.optimizers.values():
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * f
