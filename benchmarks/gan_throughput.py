@@ -24,6 +24,9 @@ CONFIGS: dict[str, tuple[GANConfig, int, float, tuple[float, float]]] = {
     "wgan-gp default": (GANConfig(dim=32, kernel=4, n_critic=5), 64, 2e-4, (0.5, 0.9)),
     "hinge default": (GANConfig(loss="hinge", dim=32, kernel=4, n_critic=2, gp_weight=0), 64, 2e-4, (0.5, 0.9)),
     "r3gan default": (GANConfig(loss="r3gan", dim=32, kernel=4, n_critic=1, gp_weight=0.1), 64, 2e-4, (0.0, 0.99)),
+    "wgan-gp dim32 k3": (GANConfig(dim=32, kernel=3, n_critic=5), 64, 2e-4, (0.5, 0.9)),
+    "wgan-gp mlp512": (GANConfig(arch="mlp", dim=512, n_critic=5), 64, 2e-4, (0.5, 0.9)),
+    "hinge nc1": (GANConfig(loss="hinge", dim=32, kernel=4, n_critic=1, gp_weight=0), 64, 2e-4, (0.5, 0.9)),
 }
 
 

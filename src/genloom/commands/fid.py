@@ -18,7 +18,7 @@ def _dataset(args: argparse.Namespace, header: ModelFile) -> str:
 def fid_result(args: argparse.Namespace, header: ModelFile, model: torch.nn.Module) -> dict[str, Any]:
     """{"fid", "fid_samples", "fid_classifier"} for ``model`` against the test split of its dataset."""
     from genloom.data.images import load_images
-    from genloom.eval.fid import fid, find_classifier, load_classifier
+    from genloom.eval.fid import fid, find_classifier, load_classifier, real_stats
 
     n = getattr(args, "fid_samples", None) or 10_000
     if n < 2:
@@ -27,7 +27,8 @@ def fid_result(args: argparse.Namespace, header: ModelFile, model: torch.nn.Modu
     cpath = find_classifier(getattr(args, "classifier", None), dataset=dataset)
     classifier = load_classifier(cpath, dataset=dataset)
     test = load_images(dataset, getattr(args, "data", None)).test
-    value = fid(model, classifier, test.images, n_samples=n, seed=getattr(args, "seed", 0))
+    value = fid(model, classifier, test.images, n_samples=n, seed=getattr(args, "seed", 0),
+                real_stats=real_stats(cpath, classifier, test.images))
     return {"fid": value, "fid_samples": n, "fid_classifier": cpath.name}
 
 

@@ -7,7 +7,9 @@ generated ones from 10,000 samples by default.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +101,33 @@ def sample_features(model: torch.nn.Module, classifier: torch.nn.Module, *, n: i
         imgs = model.generate(b, generator=g, labels=labels, **generate_kw)  # (b, 1, 28, 28) in [0, 1]
         out.append(features(classifier, imgs))
     return np.concatenate(out)
+
+
+def real_stats(classifier_path: str | Path, classifier: torch.nn.Module, images: torch.Tensor
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Feature statistics of real images, cached on disk under the download cache (``$GENLOOM_CACHE/fid``),
+    keyed by the SHA-256 of the classifier file and of the image bytes, so a changed file never hits a stale entry."""
+    from genloom.data.images import cache_dir, sha256_file
+
+    h = hashlib.sha256(sha256_file(Path(classifier_path)).encode())
+    h.update(str(tuple(images.shape)).encode() + str(images.dtype).encode())
+    h.update(images.contiguous().numpy().tobytes())
+    path = cache_dir() / "fid" / f"{h.hexdigest()[:32]}.npz"
+    try:
+        with np.load(path) as z:
+            return z["mu"], z["sigma"]
+    except (OSError, KeyError, ValueError):
+        pass  # missing or unreadable: compute it again
+    mu, sigma = feature_stats(features(classifier, images))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, mu=mu, sigma=sigma)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs the recomputation
+    return mu, sigma
 
 
 def fid(model: torch.nn.Module, classifier: torch.nn.Module, real_images: torch.Tensor, *, n_samples: int = 10_000,

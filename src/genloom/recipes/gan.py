@@ -1,6 +1,7 @@
-"""``genloom train gan``: WGAN-GP (default), hinge + spectral norm, or R3GAN on Fashion-MNIST / MNIST.
+"""``genloom train gan``: R3GAN (default), WGAN-GP or hinge + spectral norm on Fashion-MNIST / MNIST.
 
-Defaults depend on ``--loss`` (``LOSS_DEFAULTS``); ``--preset gulrajani`` is the authors' MNIST recipe. One
+Defaults depend on ``--loss`` (``LOSS_DEFAULTS``); ``--preset gulrajani`` is the WGAN-GP authors' MNIST recipe.
+The default loss is the one that measured best per wall-clock second here (docs/benchmarks.md, "GAN and FID"). One
 Trainer step is one generator step on n_critic·B real images. At the end, the EMA generator and the raw one are
 scored with the FID evaluator and the better one is what the exported file samples from.
 """
@@ -20,8 +21,8 @@ from genloom.recipes.common import Built
 from genloom.recipes.images import add_dataset_args, load_splits, sample_grid_callback
 from genloom.viz import save_grid
 
-HELP = "GAN: WGAN-GP (Gulrajani et al. 2017), hinge + spectral norm, or R3GAN; MLP or conv nets"
-DEFAULT_LOSS = "wgan-gp"
+HELP = "GAN: R3GAN (default), WGAN-GP (Gulrajani et al. 2017) or hinge + spectral norm; MLP or conv nets"
+DEFAULT_LOSS = "r3gan"
 BASE: dict[str, Any] = {"epochs": 30, "schedule": "constant", "weight_decay": 0.0, "log_every": 20}
 # per loss: (train-config defaults, model defaults); explicit flags and presets override both
 LOSS_DEFAULTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -114,7 +115,7 @@ def build(args: argparse.Namespace, tcfg) -> Built:
 def _choose_and_export(args: argparse.Namespace, path: Path, trainer, splits) -> dict[str, Any]:
     """Score EMA and raw generator with the FID evaluator; export the better; write samples/final.png."""
     from genloom.errors import GenloomError
-    from genloom.eval.fid import feature_stats, features, fid, load_classifier
+    from genloom.eval.fid import fid, find_classifier, load_classifier, real_stats
 
     model: GAN = trainer.model
     model.eval()
@@ -122,12 +123,13 @@ def _choose_and_export(args: argparse.Namespace, path: Path, trainer, splits) ->
     n = args.select_samples
     if n and n >= 2:
         try:
-            clf = load_classifier(args.classifier, dataset=splits.dataset)
+            cpath = find_classifier(args.classifier, dataset=splits.dataset)
+            clf = load_classifier(cpath, dataset=splits.dataset)
         except GenloomError as e:
             print(f"genloom: FID skipped ({e})", file=sys.stderr)
             clf = None
         if clf is not None:
-            real = feature_stats(features(clf, splits.test.images))
+            real = real_stats(cpath, clf, splits.test.images)
             scores = {"raw": fid(model, clf, splits.test.images, n_samples=n, real_stats=real, ema=False)}
             if model.config.ema_kimg > 0:
                 scores["ema"] = fid(model, clf, splits.test.images, n_samples=n, real_stats=real, ema=True)
