@@ -32,19 +32,22 @@ URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 def worker_children(supervisor_pid: int) -> list[int]:
-    """The worker process(es) a supervisor spawned (not multiprocessing's resource tracker)."""
-    out = []
+    """The worker process(es) a supervisor forked (not multiprocessing's resource tracker)."""
+    parents = {}
     for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
         try:
-            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmd = (d / "cmdline").read_bytes()
+            if d.name.isdigit():
+                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == supervisor_pid and b"spawn_main" in cmd:
-            out.append(int(d.name))
-    return out
+    return [p for p, pp in parents.items() if pp == supervisor_pid and b"resource_tracker" not in _cmdline(p)]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def wait_child(sup: int, *, timeout: float = 120, not_pid: int | None = None) -> int:

@@ -85,7 +85,7 @@ def pids_where(pred: "Callable[[int, str, bytes], bool]") -> list[int]:
 
 async def one_run(model: str, n_requests: int, max_in_flight: int, *, sups: list[int] | None = None
                   ) -> dict[str, float]:
-    workers = pids_where(lambda ppid, comm, cmd: ppid in (sups or []) and b"spawn_main" in cmd)
+    workers = pids_where(lambda ppid, comm, cmd: ppid in (sups or []) and b"resource_tracker" not in cmd)
     broker = pids_where(lambda ppid, comm, cmd: comm == "beam.smp")
     before = {p: cpu_seconds(p) for p in workers + broker}
     async with QueueClient(URL, timeout=120) as client:

@@ -1,4 +1,4 @@
-"""`genloom worker` / `genloom submit` as processes: kill -9, dropped connections, SIGTERM, bad input (bounded)."""
+"""`genloom worker` / `genloom submit` as processes: kill -9, SIGTERM, the submit CLI, bad input (bounded)."""
 from __future__ import annotations
 
 import asyncio
@@ -14,7 +14,7 @@ import pytest
 
 from genloom.queue import admin
 from genloom.queue.client import QueueClient, Response
-from queue_helpers import cleanup, close_connections_named, require_broker, tiny_vae, unique_model
+from queue_helpers import cleanup, require_broker, tiny_vae, unique_model
 
 pytestmark = pytest.mark.timeout(120)
 GENLOOM = [sys.executable, "-m", "genloom.cli"]
@@ -22,19 +22,23 @@ GENLOOM = [sys.executable, "-m", "genloom.cli"]
 
 def start_worker(model: str, path: Path, url: str, name: str, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen([*GENLOOM, "worker", f"{model}={path}", "--amqp", url, "--name", name, *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def worker_child(sup: int, *, timeout: float = 60) -> int:
+    """The supervisor's worker process (forked by it; not multiprocessing's resource tracker)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        parents = {}
         for d in Path("/proc").iterdir():
             try:
-                if (d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == sup
-                        and b"spawn_main" in (d / "cmdline").read_bytes()):
-                    return int(d.name)
+                if d.name.isdigit():
+                    parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, ValueError):
                 continue
+        kids = [p for p, pp in parents.items() if pp == sup and b"resource_tracker" not in _cmdline(p)]
+        if kids:
+            return kids[0]
         time.sleep(0.1)
     raise TimeoutError(f"supervisor {sup} started no worker process")
 
@@ -48,25 +52,26 @@ def stop(procs: list[subprocess.Popen[str]]) -> list[str]:
         try:
             outs.append(p.communicate(timeout=60)[0])
         except subprocess.TimeoutExpired:
-            p.kill()
+            os.killpg(p.pid, signal.SIGKILL)  # its own session: the supervisor and its worker process
             outs.append(p.communicate()[0])
     return outs
 
 
-def test_kill9_dropped_connection_and_sigterm_lose_nothing(tmp_path: Path) -> None:
-    """2 workers, 600 requests: kill -9 A's worker process (its supervisor restarts it), drop B's connection,
-    then SIGTERM B mid-run (it finishes and acks what it holds, exits 0). Every id is answered exactly once."""
+def test_kill9_and_sigterm_lose_nothing(tmp_path: Path) -> None:
+    """2 workers, 1000 requests: kill -9 A's worker process (its supervisor restarts it), then SIGTERM B mid-run
+    (it finishes and acks what it holds, exits 0). Every id is answered exactly once. (A dropped connection is
+    tested in test_queue_worker.py; the full 10,000-request chaos run is benchmarks/queue_chaos.py.)"""
     url = require_broker()
     model, path = unique_model(), tiny_vae(tmp_path / "vae.safetensors")
     names = [f"{model}-a", f"{model}-b"]
     procs = [start_worker(model, path, url, n, "--batch-size", "8", "--prefetch", "64") for n in names]
     try:
         asyncio.run(admin.wait_for_consumers(url, model, 2, timeout=90))
-        results, events = asyncio.run(_chaos_run(url, model, 600, procs, names[1]))
-        assert events == ["kill", "drop", "sigterm"]
+        results, events = asyncio.run(_chaos_run(url, model, 1000, procs))
+        assert events == ["kill", "sigterm"]
         assert all(isinstance(r, Response) and r.ok for r in results), [r for r in results if not
                                                                          (isinstance(r, Response) and r.ok)][:3]
-        assert sorted(r.id for r in results) == sorted(f"c-{i}" for i in range(600))  # type: ignore[union-attr]
+        assert sorted(r.id for r in results) == sorted(f"c-{i}" for i in range(1000))  # type: ignore[union-attr]
         assert asyncio.run(admin.drain_dead_letters(url, model)) == []
     finally:
         outs = stop(procs)
@@ -75,23 +80,23 @@ def test_kill9_dropped_connection_and_sigterm_lose_nothing(tmp_path: Path) -> No
     assert all(p.returncode == 0 for p in procs), outs  # SIGTERM: graceful exit, also for B mid-run
 
 
-async def _chaos_run(url: str, model: str, n: int, procs: list[subprocess.Popen[str]], drop_name: str
+async def _chaos_run(url: str, model: str, n: int, procs: list[subprocess.Popen[str]]
                      ) -> tuple[list[Response | BaseException], list[str]]:
     events: list[str] = []
     async with QueueClient(url, timeout=90) as client:
-        # 64 images per request: big enough responses that the chaos lands while requests are in flight
-        task = asyncio.ensure_future(client.run_many(model, ({"n": 64} for _ in range(n)), max_in_flight=200,
+        # a small window keeps requests flowing for several seconds, so every event lands mid-run
+        task = asyncio.ensure_future(client.run_many(model, ({"n": 16} for _ in range(n)), max_in_flight=16,
                                                      ids=(f"c-{i}" for i in range(n))))
-        while client.answered < n // 5:
+        while client.answered < n // 10:
             await asyncio.sleep(0.02)
         os.kill(await asyncio.to_thread(worker_child, procs[0].pid), signal.SIGKILL)
         events.append("kill")
-        if await asyncio.to_thread(close_connections_named, drop_name):
-            events.append("drop")
-        if client.answered < n - 50:
-            procs[1].send_signal(signal.SIGTERM)
+        while client.answered < n // 2:
+            await asyncio.sleep(0.02)
+        if client.answered < n - 16:
+            procs[1].send_signal(signal.SIGTERM)  # A is back by now (restart ≈ 1 s): it takes over
             events.append("sigterm")
-        results = await asyncio.wait_for(task, 120)
+        results = await asyncio.wait_for(task, 90)
     return results, events
 
 
@@ -147,3 +152,10 @@ def test_bad_input_gives_one_line_errors(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["submit", "--amqp", url, "--model", unique_model()]) == 2
     assert "no worker serves model" in capsys.readouterr().err
     assert main(["submit", "--amqp", url, "--model", "x", "--count", "0"]) == 2
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

@@ -34,6 +34,7 @@ from genloom.queue.metrics import WorkerMetrics
 from genloom.queue.runner import ModelRunner
 
 log = logging.getLogger("genloom.queue.worker")
+PUBLISH_TIMEOUT_S = 15.0  # a reply or retry not confirmed by then is given up: its request stays unacked
 CONNECTION_ERRORS = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, ConnectionError,
                      asyncio.TimeoutError, RuntimeError)
 
@@ -209,9 +210,9 @@ class QueueWorker:
         self._consumers.clear()
         await asyncio.sleep(0.05)  # deliveries already read from the socket reach _on_message
         try:
-            await asyncio.wait_for(self._drain(), 60)
+            await asyncio.wait_for(self._drain(), 2 * PUBLISH_TIMEOUT_S)
         except asyncio.TimeoutError:
-            log.warning("in-flight work did not finish in 60 s; the broker will redeliver it")
+            log.warning("in-flight work did not finish in time; the broker will redeliver it")
         for b in self._batchers.values():
             await b.stop()
         if self.connection is not None:
@@ -322,8 +323,8 @@ class QueueWorker:
                        reply_to: str | None = None, headers: dict[str, Any] | None = None) -> None:
         assert self.channel is not None
         try:
-            await publish(self.channel, routing_key, body, correlation_id=correlation_id, reply_to=reply_to,
-                          headers=headers)
+            await asyncio.wait_for(publish(self.channel, routing_key, body, correlation_id=correlation_id,
+                                           reply_to=reply_to, headers=headers), PUBLISH_TIMEOUT_S)
         except aiormq.exceptions.PublishError:  # no such queue: the client is gone; nobody to answer
             self.metrics.unroutable.labels(model).inc()
 
