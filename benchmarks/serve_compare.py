@@ -73,10 +73,11 @@ def start_genloom(model: Path, port: int) -> tuple[subprocess.Popen, str, str]:
     return proc, f"http://127.0.0.1:{port}/v1/models/vae/sample", '{"n": 1, "format": "npy"}'
 
 
-def start_litserve(python: str, model: Path, port: int) -> tuple[subprocess.Popen, str, str]:
+def start_litserve(python: str, model: Path, port: int, *, fast_queue: bool) -> tuple[subprocess.Popen, str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([python, str(HERE / "serve_litserve_vae.py"), str(model), "--port", str(port),
-                             "--max-batch-size", "64", "--batch-timeout", "0.002"],
+                             "--max-batch-size", "64", "--batch-timeout", "0.002",
+                             *(["--fast-queue"] if fast_queue else [])],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tempfile.gettempdir())
     wait_ready(f"http://127.0.0.1:{port}/health", proc)
     return proc, f"http://127.0.0.1:{port}/predict", '{"n": 1}'
@@ -89,6 +90,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--fast-queue", action="store_true", help="LitServe with its ZeroMQ queue (fast_queue=True)")
     args = p.parse_args()
     tmp = tempfile.TemporaryDirectory()
     model = args.model
@@ -101,7 +103,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = save(VAE(VAEConfig()), Path(tmp.name) / "vae.safetensors")
     servers = {"genloom": lambda port: start_genloom(model, port),
-               "litserve": lambda port: start_litserve(args.litserve_python, model, port)}
+               "litserve": lambda port: start_litserve(args.litserve_python, model, port, fast_queue=args.fast_queue)}
     rounds: dict[str, list[dict]] = {"genloom": [], "litserve": []}
     for r in range(args.rounds):
         order = ["genloom", "litserve"] if r % 2 == 0 else ["litserve", "genloom"]
@@ -116,7 +118,8 @@ def main() -> None:
             print(json.dumps({"round": r, "server": name, **res}), file=sys.stderr)
     med = {name: {k: statistics.median(x[k] for x in rs) for k in ("rps", "p50_ms", "p99_ms")}
            for name, rs in rounds.items()}
-    print(json.dumps({"concurrency": args.concurrency, "seconds": args.seconds, "median": med,
+    print(json.dumps({"concurrency": args.concurrency, "seconds": args.seconds, "fast_queue": args.fast_queue,
+                      "median": med,
                       "rps_ratio": round(med["genloom"]["rps"] / med["litserve"]["rps"], 2),
                       "p99_ratio": round(med["litserve"]["p99_ms"] / med["genloom"]["p99_ms"], 2),
                       "rounds": rounds}))
