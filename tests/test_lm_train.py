@@ -18,6 +18,15 @@ from genloom.models.transformer import LMConfig, TransformerLM
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP spinning under contention."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     """The first 20k characters of tinyshakespeare (a small text of our own when it is not available)."""
@@ -81,14 +90,14 @@ def test_load_text_errors(tmp_path: Path) -> None:
 @pytest.mark.timeout(120)
 def test_cli_train_eval_sample(corpus: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    rc = cli.main(["train", "lm", "--data", str(corpus), "--steps", "60", "--val-every", "30", "--batch-size", "16",
+    rc = cli.main(["train", "lm", "--data", str(corpus), "--steps", "40", "--val-every", "20", "--threads", "1", "--batch-size", "16",
                    "--block-size", "32", "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--lr", "1e-2",
                    "--warmup-steps", "5", "--pos", "rope", "--out", str(out), "--no-progress"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["steps"] == 60 and summary["best_val_loss"] < math.log(65) - 0.5  # it learned something
+    assert summary["steps"] == 40 and summary["best_val_loss"] < math.log(65) - 0.5  # it learned something
     vals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in vals if r["type"] == "val"] == [30, 60]
+    assert [r["step"] for r in vals if r["type"] == "val"] == [20, 40]
     model_path = out / "model.safetensors"
     assert export.read_header(model_path).config["pos"] == "rope"
 

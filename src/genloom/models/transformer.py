@@ -106,10 +106,15 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         q, k, v = self._qkv(x, rope)
+        dtype = q.dtype
+        if dtype == torch.bfloat16 and q.device.type == "cpu":
+            # the CPU flash-attention kernel is ~3.5x slower in bf16 than in fp32 (fwd+bwd, B=32, T=64, hs=32;
+            # docs/benchmarks.md): attend in fp32, keep the projections in bf16
+            q, k, v = q.float(), k.float(), v.float()
         # softmax(q kᵀ / √hs + M) v with M[i, j] = -∞ for j > i (no peeking at later characters)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                            dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
-        return self._out(y)
+        return self._out(y.to(dtype))
 
     def forward_cached(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                        k_cache: torch.Tensor, v_cache: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:

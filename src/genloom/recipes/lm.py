@@ -8,12 +8,15 @@ clip 1.0, bf16 autocast for the training forward/backward on CPU.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from genloom import export
 from genloom.data.text import CharTokenizer, SequentialWindows, WindowBatches, default_corpus, load_text, split_tokens
+from genloom.eval.lm import evaluate_lm
 from genloom.models.transformer import LMConfig, TransformerLM
 from genloom.recipes.common import Built, preset_value
 
@@ -67,18 +70,25 @@ def build(args: argparse.Namespace, tcfg) -> Built:
                    bias=bool(_opt(args, "bias")), pos=_opt(args, "pos"), mlp=_opt(args, "mlp"))
     model = TransformerLM(cfg, tok.chars)
     model.autocast_dtype = torch.bfloat16 if _opt(args, "amp") == "bf16" else None
+    val_batch = max(1, 8192 // cfg.block_size)  # windows per validation batch: 8192 characters
     if len(val) < 2:
         raise ValueError(f"{path}: too short for a validation split ({len(tokens)} characters)")
 
     def after(out: Path, trainer) -> dict[str, Any]:
-        return {"best_val_loss": round(trainer.best_val, 4), "best_step": trainer.best_step,
-                "params": model.num_params()}
+        res = {"best_val_loss": round(trainer.best_val, 4), "best_step": trainer.best_step,
+               "params": model.num_params()}
+        if tcfg.val_batches is not None:  # validation saw part of the split: score the exported model on all of it
+            full = evaluate_lm(export.load(out), val, batch_size=val_batch)
+            res.update(val_loss=round(full["val_loss"], 4), bpc=round(full["bpc"], 4))
+        else:
+            res.update(val_loss=res["best_val_loss"], bpc=round(trainer.best_val / math.log(2), 4))
+        return res
 
     return Built(
         model=model,
         train=WindowBatches(train, batch_size=tcfg.batch_size, block_size=cfg.block_size,
                             steps=tcfg.val_every or 500),
-        val=SequentialWindows(val, block_size=cfg.block_size, batch_size=max(64, 8192 // cfg.block_size)),
+        val=SequentialWindows(val, block_size=cfg.block_size, batch_size=val_batch),
         provenance={"dataset": Path(path).name, "data": str(path), "train_chars": len(train),
                     "val_chars": len(val), "params": model.num_params()},
         after=after,
