@@ -153,3 +153,32 @@ async def test_client_fails_fast_without_a_worker() -> None:
         with pytest.raises(ValueError):
             QueueClient(url, timeout=0)
     assert json.loads(m.ok_response("x", 1))["ok"] is True
+
+
+async def test_lm_generate_over_the_queue(tmp_path: Path) -> None:
+    from genloom.export import save
+    from genloom.models.transformer import LMConfig, TransformerLM
+
+    url = require_broker()
+    vocab = list("abcdefgh ")
+    path = save(TransformerLM(LMConfig(vocab_size=len(vocab), block_size=16, n_layer=1, n_head=2, n_embd=16),
+                              vocab=vocab), tmp_path / "lm.safetensors")
+    name = unique_model()
+    worker = QueueWorker(WorkerConfig(url=url, models={name: str(path)}, batch_size=8))
+    await worker.start()
+    try:
+        async with QueueClient(url, timeout=30) as client:
+            params = [{"prompt": p, "max_new_tokens": 5, "seed": s} for p, s in (("abc", 1), ("de", 2), ("h", 3))]
+            got = await client.run_many(name, params, op="generate")
+            bad = await client.request(name, {"prompt": "xyz"}, op="generate")
+            wrong_op = await client.request(name, {"n": 1})
+        eng = load(path)
+        for p, r in zip(params, got):
+            assert not isinstance(r, Exception) and r.ok, r
+            assert r.result["text"] == eng.generate([p["prompt"]], max_new_tokens=5, temperature=0.8,
+                                                    seed=p["seed"])[0]
+        assert not bad.ok and bad.code == "invalid" and "vocabulary" in (bad.error or "")
+        assert not wrong_op.ok and "needs an image model" in (wrong_op.error or "")
+    finally:
+        await worker.stop()
+        await admin.delete_model_queues(url, name)

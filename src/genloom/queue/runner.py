@@ -31,6 +31,12 @@ class ModelRunner:
 
     def check(self, req: Request) -> None:
         """Raise InvalidRequest for params that this model can never accept (never retried)."""
+        if req.op == "generate":
+            vocab = set(getattr(self.engine, "vocab", ()))
+            bad = next((ch for ch in req.params["prompt"] if vocab and ch not in vocab), None)
+            if bad is not None:
+                raise InvalidRequest(f"params.prompt: character {bad!r} is not in the model's vocabulary",
+                                     request_id=req.id)
         if req.op == "sample":
             from genloom.engine.base import InputError, check_labels
 
@@ -75,13 +81,16 @@ class ModelRunner:
         return [out[offsets[i]:offsets[i + 1]] for i in range(len(reqs))]
 
     def _generate(self, reqs: list[Request]) -> list[Any]:
+        # one generate() call per group of equal settings; the engine gives prompt i of a call seed + i, so a
+        # seeded request is a group of its own (same text as the same request sent alone)
         groups: dict[tuple[Any, ...], list[int]] = {}
         for i, r in enumerate(reqs):
             key = tuple(sorted((k, v) for k, v in r.params.items() if k != "prompt"))
-            groups.setdefault(key, []).append(i)
+            groups.setdefault(key if r.params["seed"] is None else (*key, ("#", i)), []).append(i)
         results: list[Any] = [None] * len(reqs)
         for key, idx in groups.items():
-            texts = self.engine.generate([reqs[i].params["prompt"] for i in idx], **dict(key))
+            texts = self.engine.generate([reqs[i].params["prompt"] for i in idx],
+                                         **{k: v for k, v in key if k != "#"})
             if isinstance(texts, str):
                 texts = [texts]
             if len(texts) != len(idx):
