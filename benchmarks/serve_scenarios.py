@@ -112,19 +112,20 @@ async def overload(base: str, seconds: float) -> dict:
     url, body = base + "/v1/models/vae/sample", b'{"n": 256, "format": "npy"}'
     cap = await serve_loadgen.run(url=url, body=body, concurrency=64, duration=5, requests=None, headers=[])
     rate = 4 * cap["rps"]
+    async with httpx.AsyncClient(base_url=base) as c:
+        before = (await c.get("/metrics")).text
     res = await serve_loadgen.run_open(url=url, body=body, rate=rate, duration=seconds,
                                        headers=["X-Request-Timeout: 1"], max_connections=2048)
     async with httpx.AsyncClient(base_url=base) as c:
         ready = (await c.get("/readyz")).status_code
-        server_side = server_latency((await c.get("/metrics")).text, "vae", "sample")
+        server_side = server_latency((await c.get("/metrics")).text, "vae", "sample", before=before)
     other_5xx = sum(v for k, v in res["status"].items() if k.startswith("5") and k not in ("503", "504"))
     return {"capacity_rps": cap["rps"], "offered_rps": res["offered_rps"], "ok_rps": res["ok_rps"],
             "status": res["status"], "latency_ms": res["latency_ms"], "errors": res["errors"],
             "other_5xx": other_5xx, "ready_after": ready, "server_side": server_side}
 
 
-def server_latency(metrics: str, model: str, endpoint: str) -> dict[str, dict[str, float]]:
-    """Share of requests per status answered within 5 ms / 100 ms / 1 s, from the server's own histogram."""
+def _buckets(metrics: str, model: str, endpoint: str) -> dict[str, dict[str, float]]:
     counts: dict[str, dict[str, float]] = {}
     for line in metrics.splitlines():
         if not line.startswith("genloom_request_latency_seconds_bucket{") or f'model="{model}"' not in line \
@@ -132,6 +133,18 @@ def server_latency(metrics: str, model: str, endpoint: str) -> dict[str, dict[st
             continue
         labels = dict(kv.split("=") for kv in line[line.index("{") + 1:line.index("}")].split(","))
         counts.setdefault(labels["status"].strip('"'), {})[labels["le"].strip('"')] = float(line.split()[-1])
+    return counts
+
+
+def server_latency(metrics: str, model: str, endpoint: str, *, before: str = "") -> dict[str, dict[str, float]]:
+    """Share of requests per status answered within 5 ms / 100 ms / 1 s, from the server's own histogram
+    (the difference between two scrapes: only the requests in between)."""
+    counts = _buckets(metrics, model, endpoint)
+    old = _buckets(before, model, endpoint)
+    for status, b in counts.items():
+        for le in b:
+            b[le] -= old.get(status, {}).get(le, 0.0)
+    counts = {k: v for k, v in counts.items() if v["+Inf"] > 0}
     out = {}
     for status, b in counts.items():
         total = b["+Inf"]

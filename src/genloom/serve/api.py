@@ -8,7 +8,7 @@ from typing import Any, Awaitable, Callable
 
 import numpy as np
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from genloom.engine.base import InputError, check_images, check_labels
