@@ -113,3 +113,33 @@ async def test_overload_is_503_and_a_closed_stream_frees_its_slot(lm: httpx.Asyn
     many = [lm.post("/v1/models/lm/generate", json={"prompt": "a", "max_new_tokens": 40}) for _ in range(10)]
     codes = sorted(r.status_code for r in await asyncio.gather(*many))
     assert codes.count(200) >= 7 and set(codes) <= {200, 503}
+
+
+async def test_worker_killed_mid_stream_ends_the_stream_with_an_error_not_a_hang(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    path = tiny_lm(tmp_path / "lm.safetensors")
+    server = Server(ServerConfig(models=(ModelSpec("lm", path, ModelSettings(max_new_tokens=100_000)),),
+                                 access_log=False))
+    await server.start()
+    sup = server.services["lm"].supervisor
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(server)),
+                                     base_url="http://test", timeout=30) as c:
+            body = {"prompt": "a", "max_new_tokens": 100_000, "stream": True}
+            task = asyncio.create_task(c.post("/v1/models/lm/generate", json=body))
+            tokens = lambda: server.metrics.registry.get_sample_value("genloom_tokens_generated_total",  # noqa: E731
+                                                                      {"model": "lm"}) or 0
+            while tokens() < 5:  # tokens are flowing
+                await asyncio.sleep(0.01)
+            os.kill(sup.worker.pid, signal.SIGKILL)
+            r = await asyncio.wait_for(task, 20)
+            events = sse_events(r.text)
+            assert events[-1][0] == "error" and events[-1][1]["status"] == 503
+            assert any(e == "token" for e, _ in events)
+            r = await c.post("/v1/models/lm/generate", json={"prompt": "a", "max_new_tokens": 5})
+            assert r.status_code == 200 and r.json()["tokens"] == 5  # the restarted worker serves
+            assert sup.restarts == 1
+    finally:
+        await server.stop()
