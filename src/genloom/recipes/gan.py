@@ -3,7 +3,7 @@
 Defaults depend on ``--loss`` (``LOSS_DEFAULTS``); ``--preset gulrajani`` is the WGAN-GP authors' MNIST recipe.
 The default loss is the one that measured best per wall-clock second here (docs/benchmarks.md, "GAN and FID"). One
 Trainer step is one generator step on n_critic·B real images. At the end, the EMA generator and the raw one are
-scored with the FID evaluator and the better one is what the exported file samples from.
+scored with the FID evaluator (on the validation split) and the better one is what the exported file samples from.
 """
 from __future__ import annotations
 
@@ -113,7 +113,8 @@ def build(args: argparse.Namespace, tcfg) -> Built:
 
 
 def _choose_and_export(args: argparse.Namespace, path: Path, trainer, splits) -> dict[str, Any]:
-    """Score EMA and raw generator with the FID evaluator; export the better; write samples/final.png."""
+    """Score EMA and raw generator with the FID evaluator against the validation images; export the better one
+    (the file's ``sample_from_ema``); write samples/final.png."""
     from genloom.errors import GenloomError
     from genloom.eval.fid import fid, find_classifier, load_classifier, real_stats
 
@@ -129,13 +130,14 @@ def _choose_and_export(args: argparse.Namespace, path: Path, trainer, splits) ->
             print(f"genloom: FID skipped ({e})", file=sys.stderr)
             clf = None
         if clf is not None:
-            real = real_stats(cpath, clf, splits.test.images)
-            scores = {"raw": fid(model, clf, splits.test.images, n_samples=n, real_stats=real, ema=False)}
+            # model selection uses the validation split; the test set is for `genloom eval` only
+            real = real_stats(cpath, clf, splits.val.images)
+            scores = {"raw": fid(model, clf, splits.val.images, n_samples=n, real_stats=real, ema=False)}
             if model.config.ema_kimg > 0:
-                scores["ema"] = fid(model, clf, splits.test.images, n_samples=n, real_stats=real, ema=True)
+                scores["ema"] = fid(model, clf, splits.val.images, n_samples=n, real_stats=real, ema=True)
             best = min(scores, key=scores.get)
             model.sample_from_ema.fill_(best == "ema")
-            out = {f"fid_{k}": round(v, 3) for k, v in scores.items()}
+            out = {f"val_fid_{k}": round(v, 3) for k, v in scores.items()}
             out.update(fid_samples=n, sampling=best)
             prov = {**export.read_header(path).provenance, **out}
             export.save(model, path, provenance=prov)
