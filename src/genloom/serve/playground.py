@@ -50,13 +50,11 @@ def model_info(server: Server) -> dict[str, Any]:
     return out
 
 
-def _histogram(samples: list[Any], *, models: set[str] | None = None) -> dict[str, Any]:
-    """Cumulative buckets summed over label sets: {"le": [...], "counts": [...], "count": n, "sum": s}."""
+def _histogram(samples: list[Any]) -> dict[str, Any]:
+    """Cumulative buckets summed over every model and endpoint: {"le": [...], "counts": [...], "count", "sum"}."""
     buckets: dict[float, float] = {}
     count = total = 0.0
     for s in samples:
-        if models is not None and s.labels.get("model") not in models:
-            continue
         if s.name.endswith("_bucket"):
             le = float(s.labels["le"])
             buckets[le] = buckets.get(le, 0.0) + s.value
