@@ -137,6 +137,9 @@ class Supervisor:
         await old.stop()
 
     async def _wait_ready(self, deadline: float) -> WorkerProcess:
+        w = self.worker
+        if w is not None and self._ready.is_set() and not w.alive:
+            w.notice_death()  # died a moment ago; its pipe EOF has not reached the reader thread yet
         if not self.ready:
             left = deadline - time.monotonic()
             try:
@@ -160,6 +163,7 @@ class Supervisor:
                 header, out_arrays = await asyncio.wait_for(fut, deadline - time.monotonic() + HANG_GRACE_S)
             except WorkerCrashed:
                 w.pending.pop(bid, None)
+                w.notice_death()
                 if attempt == 1:
                     raise WorkerUnavailable(f"model {self.name!r}: the worker crashed twice on this batch") from None
                 if self.metrics is not None:
@@ -233,6 +237,7 @@ class Supervisor:
                                 raise WorkerUnavailable(f"model {self.name!r}: the worker crashed mid-generation")
                             break
                 except WorkerCrashed:
+                    w.notice_death()
                     if attempt == 1:
                         raise WorkerUnavailable(f"model {self.name!r}: the worker is restarting") from None
                 finally:

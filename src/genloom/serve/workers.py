@@ -76,6 +76,7 @@ class WorkerProcess:
         self.pending: dict[int, asyncio.Future] = {}  # batch id -> future of its outputs
         self.streams: dict[int, asyncio.Queue] = {}  # LM request id -> its event queue
         self.retired = False
+        self.dead = False  # set once, by whoever notices first (pipe EOF, failed send, is_alive() false)
         self.pid: int | None = None
         self.started_at = 0.0
         self._loop = asyncio.get_running_loop()
@@ -109,7 +110,7 @@ class WorkerProcess:
 
     @property
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.is_alive()
+        return not self.dead and self._proc is not None and self._proc.is_alive()
 
     def send(self, header: dict[str, Any], arrays: list[np.ndarray] | None = None) -> None:
         if self._conn is None:
@@ -173,7 +174,13 @@ class WorkerProcess:
         self.pending.clear()
         for q in self.streams.values():
             q.put_nowait(("crash", str(crash)))
-        self.on_exit(self)
+        self.notice_death()
+
+    def notice_death(self) -> None:
+        """Tell the supervisor (once) that this worker is gone, so it stops routing work here and restarts."""
+        if not self.dead:
+            self.dead = True
+            self.on_exit(self)
 
 
 def unpack_outputs(header: dict[str, Any], arrays: list[np.ndarray]) -> list[Any]:
