@@ -79,7 +79,8 @@ async def test_concurrent_requests_are_batched_and_each_gets_its_own_images(api:
     for i in (0, 11, 23):
         np.testing.assert_allclose(outs[i], eng.sample(1, seed=i), atol=1e-6)
     metrics = (await api.get("/metrics")).text
-    count = float(next(l.split()[-1] for l in metrics.splitlines() if l.startswith('genloom_batch_size_count{model="tiny"}')))
+    count = float(next(line.split()[-1] for line in metrics.splitlines()
+                       if line.startswith('genloom_batch_size_count{model="tiny"}')))
     assert count < 24  # fewer forward passes than requests
 
 

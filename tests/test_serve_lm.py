@@ -143,3 +143,22 @@ async def test_worker_killed_mid_stream_ends_the_stream_with_an_error_not_a_hang
             assert sup.restarts == 1
     finally:
         await server.stop()
+
+
+async def test_deadline_bounds_a_plain_generation_but_only_the_first_token_of_a_stream(tmp_path: Path) -> None:
+    path = tiny_lm(tmp_path / "lm.safetensors")
+    settings = ModelSettings(max_new_tokens=100_000, timeout_s=5)
+    server = Server(ServerConfig(models=(ModelSpec("lm", path, settings),), access_log=False))
+    await server.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(server)),
+                                     base_url="http://test", timeout=30) as c:
+            body = {"prompt": "a", "max_new_tokens": 3000}
+            short = {"X-Request-Timeout": "0.2"}  # 3000 decode steps take well over 0.2 s
+            r = await c.post("/v1/models/lm/generate", json=body, headers=short)
+            assert r.status_code == 504 and "deadline" in r.json()["error"]
+            r = await c.post("/v1/models/lm/generate", json={**body, "stream": True}, headers=short)
+            events = sse_events(r.text)
+            assert events[-1] == ("done", events[-1][1]) and events[-1][1]["tokens"] == 3000
+    finally:
+        await server.stop()

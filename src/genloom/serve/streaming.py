@@ -34,7 +34,9 @@ async def generate_response(request: Request, svc: Any, p: dict[str, Any], *, de
     params = {k: p[k] for k in ("prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed")}
     params["stop"] = [p["stop"]] if isinstance(p["stop"], str) else p["stop"]
     t0 = time.monotonic()
-    tokens = svc.supervisor.stream(params, deadline=deadline)
+    # streams: the deadline bounds the first token, then each token gets the model's timeout (a live stream of
+    # any length is fine, a stalled one ends); plain requests: the deadline bounds the whole generation
+    tokens = svc.supervisor.stream(params, deadline=deadline, idle_s=svc.settings.timeout_s if p["stream"] else None)
     # the first token is awaited before the response starts, so overload/deadline/bad input get a status code
     try:
         first: str | None = await tokens.__anext__()

@@ -195,8 +195,13 @@ class Supervisor:
         if n and self.metrics is not None:
             self.metrics.tokens.labels(self.name).inc(n)
 
-    async def stream(self, params: dict[str, Any], *, deadline: float) -> AsyncIterator[str]:
+    async def stream(self, params: dict[str, Any], *, deadline: float, idle_s: float | None = None
+                     ) -> AsyncIterator[str]:
         """Tokens (as text) of one LM request, joined to the worker's running decode loop.
+
+        ``deadline`` bounds the whole generation; with ``idle_s`` (streaming) it bounds only the first token,
+        and after it each next token must come within ``idle_s`` — a long stream may run as long as the client
+        reads it, a stalled one still ends.
 
         A crash before the first token retries once on the restarted worker; after it, the stream fails with
         WorkerUnavailable (the client has text it cannot un-receive). Closing the iterator (the client left)
@@ -217,7 +222,7 @@ class Supervisor:
                 try:
                     w.send({"op": "lm_add", "rid": rid, **params})
                     while True:
-                        left = deadline - time.monotonic()
+                        left = (deadline - time.monotonic() if idle_s is None or not produced else idle_s)
                         try:
                             kind, value = await asyncio.wait_for(q.get(), max(0.0, left))
                         except TimeoutError:

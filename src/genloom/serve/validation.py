@@ -26,7 +26,10 @@ class Field:
     openapi: dict[str, Any] | None = None
 
 
-def _range(lo: float, hi_name: str | None = None, hi: float | None = None) -> Callable[[Any, ModelSettings], str | None]:
+Check = Callable[[Any, ModelSettings], "str | None"]
+
+
+def _range(lo: float, hi_name: str | None = None, hi: float | None = None) -> Check:
     def check(v: Any, s: ModelSettings) -> str | None:
         top = getattr(s, hi_name) if hi_name else hi
         if v < lo or (top is not None and v > top):
