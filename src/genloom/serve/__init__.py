@@ -24,7 +24,8 @@ HTTP API (DESIGN.md, extended):
 - ``GET /healthz`` (process up), ``/readyz`` (200 only when every worker is ready; per-model state, pid,
   restarts, queue depth), ``/metrics`` (Prometheus), ``/docs`` and ``/openapi.json``.
 
-Headers: ``X-Request-Timeout: SECONDS`` sets the request's deadline (default ``timeout_s``, 30 s); ``X-Request-Id``
+Headers: ``X-Request-Timeout: SECONDS`` sets the request's deadline (default ``timeout_s``, 30 s; for an SSE
+stream it bounds the first token, then each next token must follow within ``timeout_s``); ``X-Request-Id``
 is echoed (or one is made) and appears in the JSON access log and the traces.
 Errors are JSON ``{"error": message, "field": name | null}``: 404 unknown model, 413 body too large, 422 invalid
 input (``field`` names it), 503 overloaded or restarting (``Retry-After``), 504 deadline passed, 499 in the
