@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,15 +28,16 @@ NANOGPT_ARGS = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=F
 
 
 def run(cmd: list[str], *, cwd: str | None, env: dict[str, str]) -> tuple[float, float, str]:
-    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """Wall seconds, CPU seconds (user + sys, via /usr/bin/time for this child alone), output."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
+        t0 = time.perf_counter()
+        p = subprocess.run(["/usr/bin/time", "-f", "%U %S", "-o", tf.name, *cmd], cwd=cwd, env=env,
+                           capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        user, sys_ = (float(v) for v in Path(tf.name).read_text().split()[-2:])
     if p.returncode != 0:
         sys.exit(f"command failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-2000:]}")
-    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-    return wall, cpu, p.stdout + p.stderr
+    return wall, user + sys_, p.stdout + p.stderr
 
 
 def nanogpt(root: Path, out: Path, env: dict[str, str]) -> dict[str, float]:
@@ -52,8 +52,7 @@ def genloom(data: Path, out: Path, env: dict[str, str], extra: list[str]) -> dic
     cmd = [str(Path(sys.executable).with_name("genloom")), "train", "lm", "--preset", "quick", "--data", str(data),
            "--out", str(out), "--no-progress", *extra]
     wall, cpu, log = run(cmd, cwd=None, env=env)
-    summary = json.loads(log.strip().splitlines()[-1]) if log.strip().startswith("{") else \
-        json.loads([line for line in log.splitlines() if line.startswith("{")][-1])
+    summary = json.loads([line for line in log.splitlines() if line.startswith('{"model"')][-1])
     return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "val_loss": summary["best_val_loss"],
             "step": summary["steps"]}
 
@@ -64,6 +63,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for both (default: unset)")
     ap.add_argument("--genloom-args", default="", help="extra flags for genloom train lm (quoted)")
+    ap.add_argument("--parallel", action="store_true",
+                    help="run the two at the same time (same machine load for both) instead of alternating")
     args = ap.parse_args()
     data = args.nanogpt / "data" / "shakespeare_char" / "input.txt"
     if not (args.nanogpt / "data" / "shakespeare_char" / "val.bin").is_file():
@@ -74,8 +75,16 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            n = nanogpt(args.nanogpt, Path(tmp) / f"nano{r}", env)
-            g = genloom(data, Path(tmp) / f"gl{r}", env, args.genloom_args.split())
+            if args.parallel:
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(2) as ex:
+                    fn = ex.submit(nanogpt, args.nanogpt, Path(tmp) / f"nano{r}", env)
+                    fg = ex.submit(genloom, data, Path(tmp) / f"gl{r}", env, args.genloom_args.split())
+                    n, g = fn.result(), fg.result()
+            else:
+                n = nanogpt(args.nanogpt, Path(tmp) / f"nano{r}", env)
+                g = genloom(data, Path(tmp) / f"gl{r}", env, args.genloom_args.split())
             rows.append({"round": r, "nanogpt": n, "genloom_quick": g,
                          "load_avg_after": round(os.getloadavg()[0], 2)})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
