@@ -45,6 +45,10 @@ def cleanup(model: str) -> None:
 
 def close_connections_named(name: str) -> int:
     """Drop the broker connections whose client named itself ``name`` (like a network cut); returns how many."""
+    import shutil
+
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("rabbitmqctl is not on PATH (run the tests on the broker host, as root, to drop connections)")
     out = subprocess.run(["rabbitmqctl", "-q", "list_connections", "--no-table-headers", "pid", "client_properties"],
                          capture_output=True, text=True, timeout=60).stdout
     pids = [line.split("\t")[0] for line in out.splitlines() if f'"connection_name","{name}"' in line]

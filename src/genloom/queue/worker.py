@@ -341,7 +341,7 @@ async def publish(channel: aio_pika.abc.AbstractChannel, routing_key: str, body:
     """Persistent, mandatory publish on the default exchange; returns once the broker confirmed it.
 
     Goes straight to the aiormq channel under the robust aio-pika one: the same frames as
-    ``default_exchange.publish(Message(...))`` for ~40% less CPU per message (measured in docs/benchmarks.md).
+    ``default_exchange.publish(Message(...))`` for ~20% less client CPU per message (benchmarks/queue_publish.py).
     Raises aiormq's PublishError when no queue has that name, connection errors when the channel is down.
     """
     raw = await channel.get_underlay_channel()
