@@ -48,13 +48,20 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None
 
 
 def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    """SIGTERM the server's whole process group (LitServe's worker processes outlive their parent otherwise)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        pass
+    except ProcessLookupError:
+        return
+    time.sleep(1.0)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
+    except ProcessLookupError:
+        pass
+    proc.wait(5)
 
 
 def loadgen(url: str, body: str, *, seconds: float, concurrency: int) -> dict:
@@ -68,7 +75,7 @@ def start_genloom(model: Path, port: int) -> tuple[subprocess.Popen, str, str]:
     proc = subprocess.Popen([sys.executable, "-m", "genloom.cli", "serve", f"vae={model}", "--port", str(port),
                              "--max-batch-size", "64", "--max-wait-ms", "2", "--threads", "1", "--no-access-log",
                              "--log-level", "warning", "--max-queue", "1024"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
     return proc, f"http://127.0.0.1:{port}/v1/models/vae/sample", '{"n": 1, "format": "npy"}'
 
@@ -78,7 +85,8 @@ def start_litserve(python: str, model: Path, port: int, *, fast_queue: bool) -> 
     proc = subprocess.Popen([python, str(HERE / "serve_litserve_vae.py"), str(model), "--port", str(port),
                              "--max-batch-size", "64", "--batch-timeout", "0.002",
                              *(["--fast-queue"] if fast_queue else [])],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tempfile.gettempdir())
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tempfile.gettempdir(),
+                            start_new_session=True)
     wait_ready(f"http://127.0.0.1:{port}/health", proc)
     return proc, f"http://127.0.0.1:{port}/predict", '{"n": 1}'
 
