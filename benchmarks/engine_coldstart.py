@@ -25,7 +25,7 @@ CHILD = {
     "GAN, numpy path (no torch)": "from genloom.engine.lite import load; load({p!r}).sample(1, seed=0)",
     "VAE, torch engine": "from genloom.engine import load; load({p!r}, backend='eager').sample(1, seed=0)",
     "GAN, torch engine": "from genloom.engine import load; load({p!r}, backend='eager').sample(1, seed=0)",
-    "LM, torch engine (1 token)": "from genloom.engine import load; load({p!r}).generate(['a'], max_new_tokens=1)",
+    "LM, torch engine (1 token)": "from genloom.engine import load; load({p!r}).generate(['A'], max_new_tokens=1)",
 }
 BIG = {  # load only (imports done before the clock starts) → first sample
     "mmap (numpy path)": ("from genloom.engine.lite import load", "load({p!r}).sample(1, seed=0)"),

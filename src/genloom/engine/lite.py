@@ -9,8 +9,8 @@ is for serverless-style cold starts and small worker processes: it never imports
     eng = load("model.safetensors")      # or genloom.engine.load(path, backend="numpy")
     imgs = eng.sample(16, seed=0)        # the same images as the torch engines for the same seed (|Δ| ≤ 1e-5)
 
-Threads: numpy's BLAS (OpenBLAS) reads ``OPENBLAS_NUM_THREADS`` when numpy is first imported; ``load(threads=)``
-sets it if numpy is not imported yet, and otherwise leaves the pool as it is.
+Threads: ``load(threads=)`` sets numpy's OpenBLAS pool size (``OPENBLAS_NUM_THREADS`` before numpy is imported,
+else ``openblas_set_num_threads`` through ctypes, best effort); the pool is process-wide.
 """
 from __future__ import annotations
 
@@ -324,10 +324,34 @@ class LiteGAN(LiteEngineBase):
         return _sigmoid(np.ascontiguousarray(h.reshape(len(x), 784)))  # (n, 784)
 
 
+def set_blas_threads(threads: int) -> bool:
+    """Size numpy's OpenBLAS thread pool; True if it could be set."""
+    if "numpy" not in sys.modules:
+        os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
+        return True
+    import ctypes
+    import glob
+
+    import numpy as np
+
+    libs = glob.glob(os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs", "*openblas*"))
+    for lib in libs:
+        try:
+            cdll = ctypes.CDLL(lib)
+        except OSError:
+            continue
+        for sym in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads"):
+            fn = getattr(cdll, sym, None)
+            if fn is not None:
+                fn(ctypes.c_int(threads))
+                return True
+    return False
+
+
 def load(path: str | Path, *, threads: int | None = None) -> LiteVAE | LiteGAN:
     """A numpy engine for a VAE or GAN file; never imports torch."""
-    if threads is not None and "numpy" not in sys.modules:
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", str(threads))
+    if threads is not None:
+        set_blas_threads(threads)
     header = read_header(path)
     if header.kind == "vae":
         return LiteVAE(header)
