@@ -16,13 +16,15 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 
 from genloom.errors import GenloomError
 from genloom.queue.worker import QueueWorker, WorkerConfig
 
 log = logging.getLogger("genloom.queue.supervisor")
-EXIT_BAD_INPUT = 2  # a config/model/connection problem at first start: restarting will not help
+EXIT_BAD_INPUT = 2
+_EARLY_STOP = threading.Event()  # SIGTERM/SIGINT received while the worker process was still starting  # a config/model/connection problem at first start: restarting will not help
 
 
 async def run_worker(config: WorkerConfig, *, restarts: int = 0, ready: "mp.synchronize.Event | None" = None
@@ -36,6 +38,8 @@ async def run_worker(config: WorkerConfig, *, restarts: int = 0, ready: "mp.sync
     await worker.start()
     if ready is not None:
         ready.set()
+    if _EARLY_STOP.is_set():
+        stop.set()
     await stop.wait()
     log.info("stopping: finishing in-flight work")
     await worker.stop()
@@ -43,8 +47,8 @@ async def run_worker(config: WorkerConfig, *, restarts: int = 0, ready: "mp.sync
 
 
 def _child(config: WorkerConfig, restarts: int, ready: "mp.synchronize.Event") -> None:
-    for sig in (signal.SIGTERM, signal.SIGINT):  # not the supervisor's handlers (inherited by fork)
-        signal.signal(sig, signal.SIG_DFL)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # not the supervisor's handlers (inherited by fork): a signal
+        signal.signal(sig, lambda *_: _EARLY_STOP.set())  # before the event loop runs stops right after start
     logging.root.handlers.clear()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(message)s")
     try:
@@ -71,6 +75,8 @@ def supervise(config: WorkerConfig, *, max_restarts: int | None = None) -> int:
 
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping
+        if stopping:  # one graceful stop; a repeat could hit the worker after its loop closed (use kill -9)
+            return
         stopping = True
         if proc is not None and proc.pid is not None and proc.exitcode is None:
             os.kill(proc.pid, signal.SIGTERM)
@@ -109,5 +115,5 @@ def supervise(config: WorkerConfig, *, max_restarts: int | None = None) -> int:
             backoff = min(backoff * 2, 10.0)
             restarts += 1
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        for s, h in old.items():  # after a stop, a repeated signal must not kill us while the interpreter exits
+            signal.signal(s, signal.SIG_IGN if stopping else h)
