@@ -5,7 +5,6 @@ import argparse
 import asyncio
 import json
 import logging
-import statistics
 import sys
 import time
 from pathlib import Path

@@ -22,7 +22,7 @@ import concurrent.futures
 import functools
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 import aio_pika
