@@ -22,7 +22,7 @@ from genloom.serve.app import create_app
 from genloom.serve.config import ModelSettings, ModelSpec, ServerConfig
 from genloom.serve.service import Server
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]  # generous: the machine is shared
 TOKEN = "test-token"
 
 

@@ -142,13 +142,16 @@ class WorkerProcess:
     def _read(self) -> None:
         conn = self._conn
         assert conn is not None
-        while True:
-            try:
-                header, arrays = ipc.decode(conn.recv_bytes())
-            except (EOFError, OSError):
-                break
-            self._loop.call_soon_threadsafe(self._dispatch, header, arrays)
-        self._loop.call_soon_threadsafe(self._closed)
+        try:
+            while True:
+                try:
+                    header, arrays = ipc.decode(conn.recv_bytes())
+                except (EOFError, OSError):
+                    break
+                self._loop.call_soon_threadsafe(self._dispatch, header, arrays)
+            self._loop.call_soon_threadsafe(self._closed)
+        except RuntimeError:  # the event loop is closed: the server is gone, nobody is waiting
+            pass
 
     def _dispatch(self, header: dict[str, Any], arrays: list[np.ndarray]) -> None:
         op = header.get("op")
