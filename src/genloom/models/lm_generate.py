@@ -74,6 +74,8 @@ def sample_rows(logits: torch.Tensor, *, temperature: torch.Tensor, top_k: torch
     token is a function of its own logits and its own u."""
     logits = logits.float()
     greedy = temperature <= 0
+    if bool(greedy.all()):
+        return logits.argmax(-1)  # the same tokens as the full path below gives greedy rows
     t = torch.where(greedy, torch.ones_like(temperature), temperature)
     z, order = (logits / t[:, None]).sort(dim=-1, descending=True)  # (R, V), most likely first
     probs = F.softmax(z, dim=-1)  # p_i ∝ exp(logit_i / T)

@@ -117,27 +117,49 @@ class CausalSelfAttention(nn.Module):
         return self._out(y.to(dtype))
 
     def forward_cached(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                       k_cache: torch.Tensor, v_cache: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+                       k_cache: torch.Tensor, v_cache: torch.Tensor, dec: "DecodeInfo | None") -> torch.Tensor:
         """Cached attention for this layer; k_cache/v_cache: (R, nh, block_size, hs) for the R rows of x.
 
-        ``pos is None``: prefill — x holds each row's tokens from position 0; writes k, v at 0..T-1.
-        ``pos`` (R,): decode — x is (R, 1, C), the token at position pos[r]; writes there and attends to 0..pos[r].
+        ``dec is None``: prefill — x holds each row's tokens from position 0; writes k, v at 0..T-1.
+        ``dec``: decode — x is (R, 1, C), the token at position dec.pos[r]; writes there, attends to 0..pos[r].
         """
         q, k, v = self._qkv(x, rope)
-        if pos is None:
+        if dec is None:
             T = x.shape[1]
             k_cache[:, :, :T] = k
             v_cache[:, :, :T] = v
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (R, nh, T, hs)
             return self._out(y)
-        rows = torch.arange(len(pos), device=pos.device)
-        k_cache[rows, :, pos] = k[:, :, 0]  # (R, nh, hs) into slot r at position pos[r]
-        v_cache[rows, :, pos] = v[:, :, 0]
-        L = int(pos.max()) + 1  # only the filled prefix of the cache is read
-        keys, vals = k_cache[:, :, :L], v_cache[:, :, :L]  # (R, nh, L, hs)
-        allowed = torch.arange(L, device=pos.device)[None, :] <= pos[:, None]  # (R, L): key j ≤ pos[r]
-        y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=allowed[:, None, None, :])  # (R, nh, 1, hs)
+        if dec.single is not None:  # one row: a plain slice write, no index_put
+            k_cache[0, :, dec.single] = k[0, :, 0]  # (nh, hs)
+            v_cache[0, :, dec.single] = v[0, :, 0]
+        else:
+            k_cache[dec.rows, :, dec.pos] = k[:, :, 0]  # (R, nh, hs) into row r at position pos[r]
+            v_cache[dec.rows, :, dec.pos] = v[:, :, 0]
+        keys, vals = k_cache[:, :, :dec.length], v_cache[:, :, :dec.length]  # (R, nh, L, hs): the filled prefix
+        y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=dec.mask)  # (R, nh, 1, hs)
         return self._out(y)
+
+
+@dataclass
+class DecodeInfo:
+    """Per-step decode positions, computed once per forward (not per layer)."""
+
+    pos: torch.Tensor  # (R,) position of each row's new token
+    rows: torch.Tensor  # (R,) = arange(R)
+    length: int  # L = max(pos) + 1 cache positions are read
+    mask: torch.Tensor | None  # (R, 1, 1, L) bool, key j allowed iff j ≤ pos[r]; None when all are allowed
+    single: int | None  # the position when R == 1
+
+    @classmethod
+    def build(cls, pos: torch.Tensor) -> "DecodeInfo":
+        p = pos.tolist()
+        L = max(p) + 1
+        if len(p) == 1:
+            return cls(pos, pos.new_zeros(1), L, None, p[0])
+        allowed = torch.arange(L, device=pos.device)[None, :] <= pos[:, None]  # (R, L)
+        mask = None if min(p) == L - 1 else allowed[:, None, None, :]
+        return cls(pos, torch.arange(len(p), device=pos.device), L, mask, None)
 
 
 class MLP(nn.Module):
@@ -274,9 +296,10 @@ class TransformerLM(GenerativeModel):
         positions = torch.arange(T, device=idx.device)[None] if pos is None else pos[:, None]  # (1, T) | (R, 1)
         x = self._embed(idx, positions)
         rope = self._rope(positions, x.dtype)
+        dec = DecodeInfo.build(pos) if pos is not None else None
         for i, block in enumerate(self.blocks):
             kc, vc = cache.k[i, rows], cache.v[i, rows]  # (R, nh, block_size, hs) views
-            x = x + block.attn.forward_cached(block.ln_1(x), rope, kc, vc, pos)
+            x = x + block.attn.forward_cached(block.ln_1(x), rope, kc, vc, dec)
             x = x + block.mlp(block.ln_2(x))
         return self.lm_head(self.ln_f(x[:, -1]))  # (R, vocab)
 
