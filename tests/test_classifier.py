@@ -46,7 +46,8 @@ def test_features_shape_and_eval_mode_determinism() -> None:
 
 def test_classifier_recipe_trains(tmp_path, capsys, fmnist) -> None:
     out = tmp_path / "clf"
-    rc = main(["train", "classifier", "--subset", "2000", "--epochs", "1", "--batch-size", "64", "--out", str(out),
+    rc = main(["train", "classifier", "--subset", "2000", "--epochs", "1", "--batch-size", "64", "--val-batches", "1",
+               "--out", str(out),
                "--threads", "1", "--no-progress"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
