@@ -28,7 +28,7 @@ CHILD = {
     "LM, torch engine (1 token)": "from genloom.engine import load; load({p!r}).generate(['A'], max_new_tokens=1)",
 }
 BIG = {  # load only (imports done before the clock starts) → first sample
-    "mmap (numpy path)": ("from genloom.engine.lite import load", "load({p!r}).sample(1, seed=0)"),
+    "mmap (numpy path)": ("import numpy; from genloom.engine.lite import load", "load({p!r}).sample(1, seed=0)"),
     "full read (numpy)": ("import numpy as np; from safetensors.numpy import load as sload; "
                           "from genloom.engine.lite import load",
                           "d = sload(open({p!r}, 'rb').read()); load({p!r}).sample(1, seed=0)"),
@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--big-gb", type=float, default=1.0)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--skip-start", action="store_true", help="only the big-file measurements")
     args = ap.parse_args()
 
     import torch
@@ -100,8 +101,8 @@ def main() -> None:
                  "GAN": export.save(GAN(GANConfig()), d / "gan.safetensors"),
                  "LM": export.save(TransformerLM(LMConfig(vocab_size=65, block_size=128),
                                                  [chr(c) for c in range(32, 97)]), d / "lm.safetensors")}
-        times: dict[str, list[float]] = {k: [] for k in CHILD}
-        for _ in range(args.repeats):  # interleaved rounds
+        times: dict[str, list[float]] = {k: [] for k in CHILD} if not args.skip_start else {}
+        for _ in range(args.repeats if times else 0):  # interleaved rounds
             for name, code in CHILD.items():
                 times[name].append(_time_child(code.format(p=str(paths.get(name.split(",")[0], "")))))
         for name, ts in times.items():

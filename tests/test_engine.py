@@ -153,3 +153,22 @@ def test_lm_generate_and_stream(tmp_path: Path) -> None:
         list(eng.stream("ab", top_p=1.5))
     with pytest.raises(InputError, match="unknown generation option"):
         eng.generate(["ab"], max_tokens=3)
+
+
+def test_loading_never_imports_dynamo(tmp_path: Path) -> None:
+    """Building on the meta device skips weight init, so no load pays for importing torch._dynamo (seconds)."""
+    import subprocess
+    import sys
+
+    from genloom.models.gan import GAN, GANConfig
+    from genloom.models.transformer import LMConfig, TransformerLM
+
+    lm = export.save(TransformerLM(LMConfig(vocab_size=3, block_size=8, n_layer=1, n_head=1, n_embd=8),
+                                   list("\nab")), tmp_path / "lm.safetensors")
+    gan = export.save(GAN(GANConfig(arch="conv", dim=4, latent=4)), tmp_path / "gan.safetensors")
+    code = ("import sys\nfrom genloom.engine import load\n"
+            f"load({str(lm)!r}).generate(['a'], max_new_tokens=2)\n"
+            f"load({str(gan)!r}, backend='eager').sample(2, seed=0)\n"
+            "assert 'torch._dynamo' not in sys.modules\nprint('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

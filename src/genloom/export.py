@@ -144,7 +144,7 @@ def build(info: ModelFile) -> torch.nn.Module:
 def load(path: str | Path, *, device: str = "cpu") -> torch.nn.Module:
     """Rebuild the model from the file alone; weights are read memory-mapped. Returns the model in eval mode."""
     info = read_header(path)
-    with torch.device("meta"):
+    with torch.device("meta"), _SkipInit():
         model = build(info)
     expected = model.state_dict()
     aliases = _aliases(model)  # tied weights are stored once; map every name to the stored one
@@ -176,6 +176,23 @@ def load(path: str | Path, *, device: str = "cpu") -> torch.nn.Module:
         model.tie_weights()
     model.eval()
     return model
+
+
+class _SkipInit(torch.overrides.TorchFunctionMode):
+    """Skip weight initialisation while building on the meta device: the weights are replaced from the file anyway,
+    and ``normal_`` on a meta tensor goes through ``torch._refs``, which imports ``torch._dynamo`` (4 s on a busy
+    CPU) — the LM and GAN loads paid that on every cold start."""
+
+    INIT = {"normal_", "uniform_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+            "xavier_normal_", "zeros_", "ones_", "constant_", "orthogonal_"}
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in self.INIT:
+            t = args[0] if args else kwargs.get("tensor")  # torch.nn.init passes the tensor by keyword
+            if isinstance(t, torch.Tensor) and t.is_meta:
+                return t
+        return func(*args, **kwargs)
 
 
 def _aliases(model: torch.nn.Module) -> dict[str, str]:
