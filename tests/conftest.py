@@ -28,6 +28,9 @@ def idx_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _small_threads():
+def _small_threads_and_no_leaked_grad_mode():
     torch.set_num_threads(1)
     yield
+    if not torch.is_grad_enabled():  # a test (or the code under test) switched autograd off globally
+        torch.set_grad_enabled(True)
+        pytest.fail("autograd was left disabled globally; use a `with torch.no_grad():` block instead")

@@ -41,19 +41,19 @@ def sample(args: argparse.Namespace, header: ModelFile) -> int:
         raise GenloomError(f"-o {args.out}: an LM writes text; use a .txt file name (or omit -o)")
     model = export.load(header.path)
     model.encode(prompt)  # the error names a character outside the vocabulary, before any output
-    torch.set_grad_enabled(False)
-    if args.stream:
-        sys.stdout.write(prompt)
-        parts = []
-        for piece in stream(model, prompt, **kw):
-            parts.append(piece)
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-        text = prompt + "".join(parts)
-    else:
-        text = prompt + generate(model, [prompt], **kw)[0]
-        print(text)
+    with torch.no_grad():  # scoped: `genloom sample` may run in-process (quickstart, tests)
+        if args.stream:
+            sys.stdout.write(prompt)
+            parts = []
+            for piece in stream(model, prompt, **kw):
+                parts.append(piece)
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            text = prompt + "".join(parts)
+        else:
+            text = prompt + generate(model, [prompt], **kw)[0]
+            print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text, encoding="utf-8")
