@@ -120,10 +120,13 @@ def build(name: str, module: nn.Module, example: np.ndarray, *, threads: int | N
     return run
 
 
-# backend="auto": candidates per model kind, in order of preference, from docs/benchmarks.md. Only fp32 backends
-# (results within 1e-4 of eager and independent of the other rows in a batch): bf16 and int8 are faster but
-# change outputs by up to 2e-2, and int8 scales activations per batch, so a request's images would depend on its
-# batch-mates — they are opt-in. Each candidate must also beat eager in a quick timing at load, or eager stays.
+# backend="auto": candidates per model kind, in order of preference (docs/benchmarks.md, "Inference engine").
+# Only fp32 backends qualify (within 1e-4 of eager, a row's output independent of its batch-mates): bf16 and int8
+# are faster but change pixels by up to 3e-3 / 3e-2, and int8 scales activations per batch, so a request's images
+# would depend on the other requests in its server batch — they are opt-in. onnx is the fp32 steady-state winner
+# for the VAE decoders (0.66–0.79x of eager) but costs +0.8 s on a process's first load and +0.16 s per load;
+# the engine mostly runs in restartable serving workers and cold starts, so no candidate is listed and auto is
+# eager. A candidate added here must also beat eager in a quick timing at load, or eager stays.
 AUTO: dict[str, tuple[str, ...]] = {"vae": (), "gan-mlp": (), "gan-conv": ()}
 EXACT = ("eager", "compile", "onnx", "numpy")
 
