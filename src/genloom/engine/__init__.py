@@ -6,7 +6,12 @@
 
 Engines by kind: ``vae`` (sample, decode, encode, reconstruct, interpolate), ``gan`` (sample), ``lm``
 (generate, stream). ``backend="numpy"`` (or ``genloom.engine.lite``) runs the VAE decoder / GAN generator
-without importing torch at all. This module itself imports neither torch nor numpy.
+without importing torch at all (its ``header`` is a ``lite.LiteHeader``: the same fields as ``export.ModelFile``).
+This module itself imports neither torch nor numpy.
+
+Thread-safety: call an engine from one thread at a time. Calls do not change the engine, but the torch/BLAS
+thread pools are process-wide (``threads`` sets them for the whole process), so servers run one engine per
+worker process. Backends and ``auto``: ``engine/backends.py`` and docs/benchmarks.md ("Inference engine").
 """
 from __future__ import annotations
 
