@@ -122,3 +122,11 @@ def test_cli_one_line_error_and_exit_code(vae_file, tmp_path, cmd):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("genloom: error:") and "truncated" in lines[0]
     assert "Traceback" not in r.stderr
+
+
+def test_vae_file_without_activation_field_loads_as_relu(vae_file, tmp_path):
+    _, path = vae_file
+    cfg = json.loads(export.read_header(path).metadata["genloom.config"])
+    cfg.pop("activation")
+    old = export.load(_rewrite(path, tmp_path / "old.safetensors", meta_update={"genloom.config": json.dumps(cfg)}))
+    assert old.config.activation == "relu"

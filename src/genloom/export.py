@@ -133,7 +133,8 @@ def build(info: ModelFile) -> torch.nn.Module:
     except KeyError as e:
         raise ModelFileError(f"{info.path}: {e.args[0]}; this file needs a newer genloom") from None
     try:
-        config = config_from_dict(cls.config_class, info.config)
+        raw = cls.upgrade_config(dict(info.config)) if hasattr(cls, "upgrade_config") else info.config
+        config = config_from_dict(cls.config_class, raw)
         if hasattr(cls, "from_metadata"):
             return cls.from_metadata(config, info.metadata)
         return cls(config)

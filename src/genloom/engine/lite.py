@@ -243,7 +243,7 @@ class LiteVAE(LiteEngineBase):
             raise ModelFileError(f"{header.path}: unknown VAE likelihood {c.get('likelihood')!r}")
         self.latent, self.num_classes = int(c.get("latent", 20)), int(c.get("num_classes", 0))
         self.x_dim = int(c.get("x_dim", 784))
-        self.act = str(c.get("activation", "silu"))  # VAEConfig's default
+        self.act = str(c.get("activation", "relu"))  # files older than the field used ReLU
         enc, dec = list(c.get("enc_hidden", [400])), list(c.get("dec_hidden", [400]))
         self.dec = _mlp_layers(self.weights, "decoder.", [self.latent + self.num_classes, *dec, self.x_dim])
         self.enc = _mlp_layers(self.weights, "encoder.0.", [self.x_dim + self.num_classes, *enc])

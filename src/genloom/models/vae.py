@@ -65,6 +65,12 @@ class VAE(GenerativeModel):
         if c.likelihood == "gaussian":
             self.log_sigma = nn.Parameter(torch.zeros(()))
 
+    @classmethod
+    def upgrade_config(cls, d: dict[str, Any]) -> dict[str, Any]:
+        """Files written before the ``activation`` field existed used ReLU."""
+        d.setdefault("activation", "relu")
+        return d
+
     @torch.no_grad()
     def init_output_bias(self, mean_image: torch.Tensor) -> None:
         """Start the decoder at the data mean: output bias = logit(mean pixel), so early steps learn structure
