@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -25,8 +26,6 @@ CORPUS_DIRS = ("data", "../shared/data", "shared/data")
 
 
 def default_corpus() -> Path:
-    import os
-
     dirs = ([os.environ["GENLOOM_DATA_DIR"]] if os.environ.get("GENLOOM_DATA_DIR") else []) + list(CORPUS_DIRS)
     for d in dirs:
         p = Path(d) / CORPUS_NAME
