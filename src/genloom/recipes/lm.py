@@ -76,9 +76,10 @@ def build(args: argparse.Namespace, tcfg) -> Built:
         raise ValueError(f"{path}: too short for a validation split ({len(tokens)} characters)")
 
     def after(out: Path, trainer) -> dict[str, Any]:
-        res = {"best_val_loss": round(trainer.best_val, 4), "best_step": trainer.best_step,
-               "params": model.num_params()}
-        if tcfg.val_batches is not None:  # validation saw part of the split: score the exported model on all of it
+        res: dict[str, Any] = {"best_val_loss": round(trainer.best_val, 4) if math.isfinite(trainer.best_val)
+                               else None, "best_step": trainer.best_step, "params": model.num_params()}
+        if tcfg.val_batches is not None or res["best_val_loss"] is None:
+            # validation saw part of the split, or never ran (a short --time-budget): score the export on all of it
             full = evaluate_lm(export.load(out), val, batch_size=val_batch)
             res.update(val_loss=round(full["val_loss"], 4), bpc=round(full["bpc"], 4))
         else:
