@@ -4,7 +4,8 @@ The reference is rebuilt here faithfully (torchvision does not import beside thi
 (784→400→20, 20→400→784), Adam lr 1e-3, batch 128, summed BCE + KL, and its data path — a map-style Dataset
 that turns each uint8 image into a PIL image and then into a float tensor (torchvision's MNIST +
 ``transforms.ToTensor()``), batched by a ``DataLoader(shuffle=True)`` with no workers (its CPU setting).
-genloom's epoch is the Trainer's, validation included. Runs alternate (ref, genloom, ref, genloom, …) and the
+Its epoch is main.py's: ``train(epoch)`` then ``test(epoch)`` over the 10,000 test images (the sample/
+comparison PNGs it also writes are left out). genloom's epoch is the Trainer's, validation included. Runs alternate (ref, genloom, ref, genloom, …) and the
 medians are compared.
 
     python benchmarks/vae_epoch.py --epochs 3 [--json]
@@ -55,16 +56,25 @@ class PILDataset(torch.utils.data.Dataset):  # torchvision MNIST.__getitem__ + T
         return x, int(self.labels[i])
 
 
-def ref_epoch(model, opt, loader) -> float:
+def ref_loss(model, x):
+    recon, mu, logvar = model(x)
+    bce = F.binary_cross_entropy(recon, x.view(-1, 784), reduction="sum")
+    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    return bce + kld
+
+
+def ref_epoch(model, opt, loader, test_loader) -> float:
+    """main.py's epoch: train(epoch) then test(epoch) (its per-epoch evaluation, as genloom validates)."""
     t = time.perf_counter()
     model.train()
     for x, _ in loader:
         opt.zero_grad()
-        recon, mu, logvar = model(x)
-        bce = F.binary_cross_entropy(recon, x.view(-1, 784), reduction="sum")
-        kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
-        (bce + kld).backward()
+        ref_loss(model, x).backward()
         opt.step()
+    model.eval()
+    with torch.no_grad():
+        for x, _ in test_loader:
+            ref_loss(model, x)
     return time.perf_counter() - t
 
 
@@ -72,6 +82,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=3, help="epochs of each, alternating")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--bf16", action="store_true", help="genloom with bf16 autocast training")
     args = ap.parse_args()
     s = load_images("fashion-mnist")
     full = torch.cat([s.train.images, s.val.images]), torch.cat([s.train.labels, s.val.labels])
@@ -79,14 +90,17 @@ def main() -> None:
     ref = RefVAE()
     ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-3)
     loader = torch.utils.data.DataLoader(PILDataset(*full), batch_size=128, shuffle=True)
+    test_loader = torch.utils.data.DataLoader(PILDataset(s.test.images, s.test.labels), batch_size=128)
     ref_images = len(full[0])
     ours_times: list[float] = []
     ref_times: list[float] = []
     with tempfile.TemporaryDirectory() as d:
         for e in range(args.epochs):
-            ref_times.append(ref_epoch(ref, ref_opt, loader))
-            cfg = TrainConfig(out=d, epochs=1, batch_size=128, lr=1e-3, schedule="cosine", progress=False, seed=e)
-            tr = Trainer(VAE(VAEConfig()), cfg, ImageBatches(s.train, 128), ImageBatches(s.val, 1000, shuffle=False))
+            ref_times.append(ref_epoch(ref, ref_opt, loader, test_loader))
+            cfg = TrainConfig(out=d, epochs=1, batch_size=128, lr=1e-3, schedule="wsd", betas=(0.9, 0.99), progress=False, seed=e)
+            model = VAE(VAEConfig())
+            model.autocast_dtype = torch.bfloat16 if args.bf16 else None
+            tr = Trainer(model, cfg, ImageBatches(s.train, 128), ImageBatches(s.val, 1000, shuffle=False))
             t = time.perf_counter()
             tr._loop()
             ours_times.append(time.perf_counter() - t)

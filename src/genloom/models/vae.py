@@ -64,6 +64,7 @@ class VAE(GenerativeModel):
         self.decoder = _mlp([c.latent + c.num_classes, *c.dec_hidden, c.x_dim], act)  # → logits
         if c.likelihood == "gaussian":
             self.log_sigma = nn.Parameter(torch.zeros(()))
+        self.autocast_dtype: torch.dtype | None = None  # bf16 training matmuls when set (not exported)
 
     @classmethod
     def upgrade_config(cls, d: dict[str, Any]) -> dict[str, Any]:
@@ -125,10 +126,14 @@ class VAE(GenerativeModel):
     def loss(self, batch: Any) -> LossOutput:
         x, labels = batch
         x = x.reshape(len(x), -1)  # (B, 784) in [0, 1]
-        mu, logvar = self.encode(x, labels)
-        # Reparameterization: z = μ + σ ⊙ ε, ε ~ N(0, I), so the gradient flows through μ and σ
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        recon = -self.log_px_given_z(self.decode_logits(z, labels), x)  # (B,)  -E_q[log p(x|z)], 1 sample
+        amp = self.autocast_dtype is not None and self.training
+        with torch.autocast("cpu", dtype=self.autocast_dtype or torch.bfloat16, enabled=amp):
+            mu, logvar = self.encode(x, labels)
+            mu, logvar = mu.float(), logvar.float()
+            # Reparameterization: z = μ + σ ⊙ ε, ε ~ N(0, I), so the gradient flows through μ and σ
+            z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+            logits = self.decode_logits(z, labels).float()
+        recon = -self.log_px_given_z(logits, x)  # (B,)  -E_q[log p(x|z)], 1 sample, in float32
         # KL(q(z|x) || N(0, I)) = -½ Σ (1 + log σ² - μ² - σ²)   (Kingma & Welling 2014, Appendix B)
         kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1)  # (B,)
         # Negative ELBO per image = recon + KL; β-VAE weights the KL: recon + β·KL

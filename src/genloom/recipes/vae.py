@@ -15,7 +15,7 @@ from genloom.recipes.common import Built, preset_value
 from genloom.recipes.images import add_dataset_args, load_splits, sample_grid_callback
 
 HELP = "variational autoencoder (MLP 784→400→20; β-VAE, conditional)"
-DEFAULTS: dict[str, Any] = {"epochs": 10, "batch_size": 128, "lr": 1e-3, "schedule": "constant",
+DEFAULTS: dict[str, Any] = {"epochs": 10, "batch_size": 128, "lr": 1e-3, "schedule": "wsd", "betas": (0.9, 0.99),
                             "min_lr_ratio": 0.0, "weight_decay": 0.0}
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"_doc": "3 epochs, for a first look", "epochs": 3},
@@ -45,6 +45,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="conditional VAE: the class label goes into encoder and decoder")
     g.add_argument("--activation", choices=("silu", "relu"), default=None,
                    help="hidden activation (default silu; relu is the lecture's original)")
+    g.add_argument("--amp", choices=("bf16", "off"), default=None,
+                   help="bf16 autocast for the training matmuls (default off; likelihood and KL stay float32)")
 
 
 def config_from_args(args: argparse.Namespace, num_classes: int) -> VAEConfig:
@@ -67,6 +69,9 @@ def build(args: argparse.Namespace, tcfg) -> Built:
     cfg = config_from_args(args, num_classes=10)
     model = VAE(cfg)
     model.init_output_bias(splits.train.images.float().mean(0).div(255))  # (28, 28) mean image in [0, 1]
+    from genloom.recipes import recipe
+
+    model.autocast_dtype = torch.bfloat16 if preset_value(args, recipe("vae"), "amp", "off") == "bf16" else None
     labels = torch.arange(100) % 10 if cfg.num_classes else None
 
     def after(path: Path, trainer) -> dict[str, Any]:
