@@ -172,3 +172,10 @@ def test_sigint_saves_checkpoint_and_prints_resume_command(idx_dir, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])["steps"] == step
+
+
+def test_steps_after_the_last_validation_are_validated_at_the_end(idx_dir, tmp_path):
+    tr = _trainer(idx_dir, tmp_path / "v", epochs=None, steps=10, val_every=4)
+    tr.fit()
+    vals = [r["step"] for r in read_metrics(tmp_path / "v" / "metrics.jsonl") if r["type"] == "val"]
+    assert vals == [4, 8, 10]

@@ -96,6 +96,7 @@ class Trainer:
         self.bad_validations = 0
         self.best_state: dict[str, torch.Tensor] | None = None
         self.last_val: float | None = None
+        self._last_val_step = -1
         self.losses: list[float] = []
         self._stop_reason: str | None = None
         resume_step = self._resume() if resume else None
@@ -177,6 +178,7 @@ class Trainer:
         self.model.train()
         val = tot / max(n, 1)
         self.last_val = val
+        self._last_val_step = self.step
         self.log.write({"type": "val", "step": self.step, "epoch": self.epoch, "val_loss": val,
                         **{f"val_{k}": v / max(n, 1) for k, v in sums.items()}})
         if val < self.best_val - self.cfg.min_delta:
@@ -290,6 +292,9 @@ class Trainer:
                         self._checkpoint(t0)
                     continue
                 break  # stopped mid-epoch
+            if (self.val_src is not None and self.cfg.val_every and self._last_val_step != self.step
+                    and self._stop_reason is not None and not self._stop_reason.startswith("interrupted")):
+                self.validate()  # score the final steps too, so they can be the ones exported
             self._checkpoint(t0)
         finally:
             bar.close()
