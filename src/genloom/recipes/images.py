@@ -22,9 +22,7 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
 def load_splits(args: argparse.Namespace) -> ImageSplits:
     splits = load_images(args.dataset, args.data)
     if args.subset:
-        from genloom.data.images import ImageSplits as S
-
-        splits = S(splits.dataset, splits.train.subset(slice(0, args.subset)), splits.val, splits.test)
+        splits = ImageSplits(splits.dataset, splits.train.subset(slice(0, args.subset)), splits.val, splits.test)
     return splits
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, num_classes: int) -> VAEConfig:
-    from genloom.recipes import recipe
-
-    rec = recipe("vae")
+    rec = sys.modules[__name__]  # this recipe's PRESETS
     return VAEConfig(
         latent=preset_value(args, rec, "latent", 20),
         enc_hidden=_ints(str(preset_value(args, rec, "enc_hidden", "400"))),
@@ -69,9 +68,7 @@ def build(args: argparse.Namespace, tcfg) -> Built:
     cfg = config_from_args(args, num_classes=10)
     model = VAE(cfg)
     model.init_output_bias(splits.train.images.float().mean(0).div(255))  # (28, 28) mean image in [0, 1]
-    from genloom.recipes import recipe
-
-    model.autocast_dtype = torch.bfloat16 if preset_value(args, recipe("vae"), "amp", "off") == "bf16" else None
+    model.autocast_dtype = torch.bfloat16 if preset_value(args, sys.modules[__name__], "amp", "off") == "bf16" else None
     labels = torch.arange(100) % 10 if cfg.num_classes else None
 
     def after(path: Path, trainer) -> dict[str, Any]:
