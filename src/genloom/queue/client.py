@@ -12,6 +12,8 @@ request can produce a second response: the client keeps the first and counts the
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import json
 import time
 import uuid
@@ -22,6 +24,7 @@ import aio_pika
 import aiormq
 
 from genloom.errors import GenloomError
+from genloom.queue import amqp
 from genloom.queue import messages as m
 from genloom.queue.worker import CONNECTION_ERRORS, publish, redact
 
@@ -49,6 +52,7 @@ class QueueClient:
         self.reply_queue = f"genloom.reply.{uuid.uuid4().hex}"
         self.duplicates = 0  # responses for an id that already had one (redelivered requests)
         self.stray = 0  # responses for ids this client never sent
+        self.republished = 0  # requests published again because the connection dropped before their confirm
         self._pending: dict[str, tuple[asyncio.Future[Response], float]] = {}
         self._answered: set[str] = set()
         self._checked: set[str] = set()
@@ -56,10 +60,12 @@ class QueueClient:
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._channel: aio_pika.abc.AbstractRobustChannel | None = None
         self._queue: aio_pika.abc.AbstractQueue | None = None
-        self._ack_last: aio_pika.abc.AbstractIncomingMessage | None = None
-        self._consumer_tag: str | None = None
-        self._acked_channel: Any = None
-        self._acked_tag = 0
+        self._consumer_tag = f"genloom-client.{uuid.uuid4().hex[:12]}"
+        self._consuming = False
+        self._ack_channel: Any = None  # the raw channel of the newest unacked response, and its tag
+        self._ack_tag = 0
+        self._ack_scheduled = False
+        self._acks: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> "QueueClient":
         await self.connect()
@@ -70,8 +76,7 @@ class QueueClient:
 
     async def connect(self) -> None:
         try:
-            self._connection = await aio_pika.connect_robust(
-                self.url, reconnect_interval=1.0, client_properties={"connection_name": self.name})
+            self._connection = await amqp.connect_robust(self.url, name=self.name)
         except (OSError, aiormq.exceptions.AMQPError) as e:
             raise GenloomError(f"cannot connect to RabbitMQ at {redact(self.url)} ({e or type(e).__name__}); "
                                f"is the broker running and the URL right (amqp://user:pass@host:5672/)?") from None
@@ -79,16 +84,37 @@ class QueueClient:
         await self._channel.set_qos(prefetch_count=self.prefetch)
         self._queue = await self._channel.declare_queue(
             self.reply_queue, durable=True, arguments={"x-expires": int(self.reply_ttl_s * 1000)})
-        self._consumer_tag = await self._queue.consume(self._on_response)
+        # raw aiormq consumer; the robust channel re-declares the reply queue after a reconnect, then calls this
+        self._channel.reopen_callbacks.add(self._on_reopen)
+        self._consuming = True
+        await self._consume()
+
+    async def _consume(self) -> None:
+        assert self._channel is not None
+        raw = await self._channel.get_underlay_channel()
+        if self._consuming and self._consumer_tag not in raw.consumers:
+            await raw.basic_consume(self.reply_queue, self._on_response, consumer_tag=self._consumer_tag)
+
+    async def _on_reopen(self, _channel: Any) -> None:
+        try:
+            await self._consume()
+        except CONNECTION_ERRORS:
+            pass  # the channel died again: the next reopen consumes
 
     async def close(self) -> None:
         if self._connection is None:
             return
+        self._consuming = False
         self._flush_acks()
+        if self._acks:
+            await asyncio.gather(*list(self._acks), return_exceptions=True)
+        if self._channel is not None:
+            self._channel.reopen_callbacks.discard(self._on_reopen)
         if self._queue is not None:
             try:
-                if self._consumer_tag is not None:
-                    await asyncio.wait_for(self._queue.cancel(self._consumer_tag), 5)
+                raw = await asyncio.wait_for(self._channel.get_underlay_channel(), 5)  # type: ignore[union-attr]
+                if self._consumer_tag in raw.consumers:
+                    await raw.basic_cancel(self._consumer_tag, timeout=5)
                 await asyncio.wait_for(self._queue.delete(if_unused=False, if_empty=False), 5)
             except (*CONNECTION_ERRORS, asyncio.CancelledError):
                 pass  # it expires by itself after reply_ttl_s
@@ -131,16 +157,20 @@ class QueueClient:
                         pass
             self._checked.add(model)
 
-    async def submit(self, model: str, params: dict[str, Any] | None = None, *, op: str = "sample",
-                     request_id: str | None = None) -> asyncio.Future[Response]:
-        """Publish one request (retrying across reconnects); returns the future of its response."""
+    def _new_request(self, model: str, params: dict[str, Any] | None, op: str, request_id: str | None
+                     ) -> tuple[str, bytes, asyncio.Future[Response]]:
         rid = request_id or uuid.uuid4().hex
         if rid in self._pending or rid in self._answered:
             raise ValueError(f"request id {rid!r} was already used by this client; ids must be unique")
-        await self.check_model(model)
         fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._pending[rid] = (fut, time.monotonic())
-        body = m.encode_request(m.Request(rid, model, op, params or {}))
+        return rid, m.encode_request(m.Request(rid, model, op, params or {})), fut
+
+    async def submit(self, model: str, params: dict[str, Any] | None = None, *, op: str = "sample",
+                     request_id: str | None = None) -> asyncio.Future[Response]:
+        """Publish one request (retrying across reconnects); returns the future of its response."""
+        await self.check_model(model)
+        rid, body, fut = self._new_request(model, params, op, request_id)
         try:
             await self._publish(m.queue_name(model), body, rid)
         except BaseException:
@@ -162,23 +192,125 @@ class QueueClient:
 
     async def run_many(self, model: str, params: Iterable[dict[str, Any]], *, op: str = "sample",
                        max_in_flight: int = 1000, ids: Iterable[str] | None = None) -> list[Response | Exception]:
-        """Submit all, keeping at most ``max_in_flight`` unanswered; results in submission order."""
+        """Submit all, keeping at most ``max_in_flight`` unanswered; results in submission order.
+
+        Requests are published in groups (everything the window allows at that moment, one frame write, one
+        confirmation future each); a request whose publish failed with the connection is republished (same
+        id) across the reconnect, like ``submit``. Each request gets ``timeout`` seconds from its publish.
+        """
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be ≥ 1")
         await self.check_model(model)
-        window = asyncio.Semaphore(max_in_flight)
+        loop = asyncio.get_running_loop()
+        rk = m.queue_name(model)
+        params_it = iter(params)
         id_iter = iter(ids) if ids is not None else None
+        results: list[Response | Exception | None] = []
+        in_flight = 0
+        room = asyncio.Event()
+        deadlines: collections.deque[tuple[float, str, int]] = collections.deque()
+        retries: set[asyncio.Task[None]] = set()
 
-        async def one(p: dict[str, Any]) -> Response:
-            try:
-                fut = await self.submit(model, p, op=op, request_id=next(id_iter) if id_iter else None)
-                return await self.wait(fut)
-            finally:
-                window.release()
+        def on_response(i: int, fut: asyncio.Future[Response]) -> None:
+            nonlocal in_flight
+            in_flight -= 1
+            room.set()
+            if fut.cancelled():
+                results[i] = QueueTimeout(f"no response within {self.timeout:.0f} s; is a worker running for "
+                                          f"this model (rabbitmqctl list_consumers)?")
+            else:
+                exc = fut.exception()
+                results[i] = exc if isinstance(exc, Exception) else fut.result()
 
-        tasks = []
-        for p in params:
-            await window.acquire()
-            tasks.append(asyncio.ensure_future(one(p)))
-        return list(await asyncio.gather(*tasks, return_exceptions=True))
+        def on_confirm(rid: str, body: bytes, conf: asyncio.Future[Any]) -> None:
+            if conf.cancelled():
+                return
+            exc = conf.exception()
+            if exc is None:
+                return
+            entry = self._pending.get(rid)
+            if entry is None or entry[0].done():
+                return
+            if isinstance(exc, aiormq.exceptions.PublishError):
+                self._pending.pop(rid, None)
+                entry[0].set_exception(GenloomError(f"queue {rk} does not exist: start a worker for this model "
+                                                    f"first"))
+                return
+            task = asyncio.ensure_future(self._republish(rk, body, rid))  # the connection dropped: again
+            retries.add(task)
+            task.add_done_callback(retries.discard)
+
+        exhausted = False
+        try:
+            while not exhausted or in_flight:
+                batch: list[tuple[str, bytes, int]] = []
+                while not exhausted and in_flight + len(batch) < max_in_flight:
+                    p = next(params_it, None)
+                    if p is None:
+                        exhausted = True
+                        break
+                    i = len(results)
+                    results.append(None)
+                    rid, body, fut = self._new_request(model, p, op, next(id_iter) if id_iter else None)
+                    fut.add_done_callback(functools.partial(on_response, i))
+                    batch.append((rid, body, i))
+                if batch:
+                    in_flight += len(batch)
+                    now = loop.time()
+                    deadlines.extend((now + self.timeout, rid, i) for rid, _, i in batch)
+                    await self._publish_group(rk, batch, on_confirm)
+                while deadlines and (deadlines[0][0] <= loop.time() or results[deadlines[0][2]] is not None):
+                    _, rid, i = deadlines.popleft()
+                    entry = self._pending.pop(rid, None) if results[i] is None else None
+                    if entry is not None:
+                        entry[0].cancel()  # → QueueTimeout for this request
+                if exhausted and not in_flight:
+                    break
+                room.clear()
+                if in_flight >= max_in_flight or exhausted:
+                    wake = deadlines[0][0] - loop.time() if deadlines else self.timeout
+                    try:
+                        await asyncio.wait_for(room.wait(), max(0.0, wake) + 0.01)
+                    except asyncio.TimeoutError:
+                        pass
+        finally:
+            for t in list(retries):
+                t.cancel()
+            if any(r is None for r in results):  # cancelled or failed midway: forget what is still pending
+                for _, rid, i in deadlines:
+                    if results[i] is None:
+                        entry = self._pending.pop(rid, None)
+                        if entry is not None:
+                            entry[0].cancel()
+        return results  # type: ignore[return-value]
+
+    async def _publish_group(self, rk: str, batch: list[tuple[str, bytes, int]],
+                             on_confirm: Any) -> None:
+        """Publish a group in one frame write; a failure to even write it republishes each one by one."""
+        msgs = [amqp.Outgoing(rk, body, correlation_id=rid, message_id=rid, reply_to=self.reply_queue)
+                for rid, body, _ in batch]
+        try:
+            raw = await self._raw()
+            futs = await amqp.publish_batch(raw, msgs)
+        except CONNECTION_ERRORS:
+            for rid, body, _ in batch:
+                await self._republish(rk, body, rid)
+            return
+        for (rid, body, _), conf in zip(batch, futs):
+            conf.add_done_callback(functools.partial(on_confirm, rid, body))
+
+    async def _republish(self, rk: str, body: bytes, rid: str) -> None:
+        entry = self._pending.get(rid)
+        try:
+            await self._publish(rk, body, rid)
+        except Exception as e:  # QueueTimeout or a missing queue: that request fails
+            if entry is not None and not entry[0].done():
+                self._pending.pop(rid, None)
+                entry[0].set_exception(e)
+
+    async def _raw(self) -> aiormq.abc.AbstractChannel:
+        assert self._channel is not None, "call connect() first"
+        return await self._channel.get_underlay_channel()
 
     async def _publish(self, routing_key: str, body: bytes, rid: str) -> None:
         assert self._channel is not None, "call connect() first"
@@ -192,6 +324,7 @@ class QueueClient:
                 raise GenloomError(f"queue {routing_key} does not exist: start a worker for this model first"
                                    ) from None
             except CONNECTION_ERRORS:
+                self.republished += 1
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise QueueTimeout(f"could not publish to {redact(self.url)} within {self.timeout:.0f} s "
@@ -203,8 +336,9 @@ class QueueClient:
                     pass
 
     # -- responses --------------------------------------------------------------------------------------------
-    async def _on_response(self, msg: aio_pika.abc.AbstractIncomingMessage) -> None:
-        rid = msg.correlation_id
+    async def _on_response(self, msg: aiormq.abc.DeliveredMessage) -> None:
+        props = msg.header.properties
+        rid = props.correlation_id
         try:
             d = json.loads(msg.body)
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -221,29 +355,35 @@ class QueueClient:
             self.duplicates += 1
         else:
             self.stray += 1
-        # One multiple=True ack per loop iteration covers every response received so far (they are in memory).
-        if self._ack_last is None:
+        # One multiple=True ack per loop iteration covers every response received so far (they are handled
+        # synchronously above, so none is still in flight).
+        ch, tag = msg.channel, msg.delivery.delivery_tag  # type: ignore[union-attr]
+        if ch is not self._ack_channel:
+            self._ack_channel, self._ack_tag = ch, 0
+        if tag > self._ack_tag:  # type: ignore[operator]
+            self._ack_tag = tag  # type: ignore[assignment]
+        if not self._ack_scheduled:
+            self._ack_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_acks)
-        if self._ack_last is None or msg.delivery_tag > self._ack_last.delivery_tag:  # type: ignore[operator]
-            self._ack_last = msg
 
     def _flush_acks(self) -> None:
-        msg, self._ack_last = self._ack_last, None
-        if msg is None:
-            return
-        try:
-            ch = msg.channel
-        except aiormq.exceptions.ChannelInvalidStateError:
+        self._ack_scheduled = False
+        ch, tag = self._ack_channel, self._ack_tag
+        if ch is None or not tag or ch.is_closed:
             return  # the channel died: the broker redelivers those responses; duplicates are counted
-        if ch is not self._acked_channel:
-            self._acked_channel, self._acked_tag = ch, 0
-        if msg.delivery_tag > self._acked_tag:  # type: ignore[operator]
-            self._acked_tag = msg.delivery_tag  # type: ignore[assignment]
-            asyncio.ensure_future(self._ack(msg))
+        self._ack_tag = 0  # acked up to here; the next response on this channel has a higher tag
+        try:
+            pending = amqp.ack_nowait(ch, tag, multiple=True)
+        except CONNECTION_ERRORS:
+            return  # the channel died: the broker redelivers those responses; duplicates are counted
+        if pending is not None:  # the write queue is full: finish queueing the ack in a task
+            task = asyncio.ensure_future(self._finish_ack(pending))
+            self._acks.add(task)
+            task.add_done_callback(self._acks.discard)
 
     @staticmethod
-    async def _ack(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
+    async def _finish_ack(pending: Any) -> None:
         try:
-            await msg.ack(multiple=True)
+            await pending
         except CONNECTION_ERRORS:
-            pass  # the channel died: the broker redelivers those responses; duplicates are counted
+            pass

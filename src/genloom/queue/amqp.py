@@ -1,0 +1,220 @@
+"""AMQP plumbing shared by the worker and the client: robust connections with coalesced socket writes, and
+publishing many confirmed messages in one frame write.
+
+Why (benchmarks/queue_throughput.py, docs/benchmarks.md "Distributed queue"): aiormq writes every frame (each
+publish, each ack) with its own ``transport.write``, i.e. one ``send`` syscall and one TCP segment the broker has
+to read, and ``basic_publish`` costs a lock, two futures and a queue hop per message. Here:
+
+- ``connect_robust`` opens aio-pika's robust connection through aiormq's ``transport_factory`` hook with a stream
+  writer that *corks* writes: everything written during one event-loop iteration leaves in one
+  ``transport.write`` at the start of the next (``drain``/``close`` flush at once). Same bytes, same order.
+- ``publish_batch`` sends N persistent, mandatory messages on the default exchange as one frame write under the
+  channel lock and returns N confirmation futures, registered exactly as ``Channel.basic_publish`` registers
+  them (delivery tag → future, message id → delivery tag for ``basic.return``), so the broker's acks, nacks,
+  returns and a channel close resolve them the same way. On an aiormq without those attributes it falls back
+  to one ``basic_publish`` task per message.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import uuid
+from typing import Any, Awaitable, Iterable, NamedTuple
+
+import aio_pika
+import aiormq
+from aiormq.abc import ChannelFrame
+from pamqp import commands as spec
+from pamqp.body import ContentBody
+from pamqp.header import ContentHeader
+
+_FAST_ATTRS = ("confirmations", "message_id_delivery_tag", "delivery_tag", "write_queue", "number",
+               "publisher_confirms", "max_content_size", "create_future", "lock")
+
+
+class Outgoing(NamedTuple):
+    routing_key: str
+    body: bytes
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    message_id: str | None = None
+    headers: dict[str, Any] | None = None
+
+
+# -- corked writes ---------------------------------------------------------------------------------------------
+class CorkedStreamWriter(asyncio.StreamWriter):
+    """A StreamWriter that joins the writes of one loop iteration into one ``transport.write``."""
+
+    def __init__(self, transport: asyncio.BaseTransport, protocol: asyncio.BaseProtocol,
+                 reader: asyncio.StreamReader | None, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(transport, protocol, reader, loop)  # type: ignore[arg-type]
+        self._cork: list[bytes] = []
+        self._cork_loop = loop
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._cork:
+            self._cork_loop.call_soon(self.uncork)
+        self._cork.append(bytes(data))
+
+    def writelines(self, data: Iterable[bytes | bytearray | memoryview]) -> None:
+        for chunk in data:
+            self.write(chunk)
+
+    def uncork(self) -> None:
+        if not self._cork:
+            return
+        data = self._cork[0] if len(self._cork) == 1 else b"".join(self._cork)
+        self._cork = []
+        if not self.transport.is_closing():
+            super().write(data)
+
+    async def drain(self) -> None:
+        self.uncork()
+        await super().drain()
+
+    def write_eof(self) -> None:
+        self.uncork()
+        super().write_eof()
+
+    def close(self) -> None:
+        self.uncork()
+        super().close()
+
+
+class CorkedTransportFactory(aiormq.connection.TransportFactory):  # type: ignore[misc]
+    """aiormq's TCP/TLS transport with a CorkedStreamWriter (asyncio.open_connection, with another writer)."""
+
+    async def create(self, url: Any, **kwargs: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        provider = kwargs.pop("ssl_context_provider", None)
+        ssl = await provider.get_context() if url.scheme == "amqps" and provider is not None else None
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=2 ** 16, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        try:
+            transport, _ = await loop.create_connection(lambda: protocol, url.host, url.port, ssl=ssl, **kwargs)
+        except OSError as e:
+            raise aiormq.exceptions.AMQPConnectionError(*e.args) from e
+        return reader, CorkedStreamWriter(transport, protocol, reader, loop)
+
+
+class _CorkedRobustConnection(aio_pika.RobustConnection):
+    def __init__(self, url: Any, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
+        super().__init__(url, loop=loop, **kwargs)
+        self.kwargs["transport_factory"] = CorkedTransportFactory()  # aio-pika passes kwargs on to aiormq
+
+
+async def connect_robust(url: str, *, name: str, reconnect_interval: float = 1.0
+                         ) -> aio_pika.abc.AbstractRobustConnection:
+    """``aio_pika.connect_robust`` with corked writes (plain aio-pika where aiormq has no transport hook)."""
+    cls = _CorkedRobustConnection if hasattr(aiormq.connection, "TransportFactory") else aio_pika.RobustConnection
+    return await aio_pika.connect_robust(url, reconnect_interval=reconnect_interval, connection_class=cls,
+                                         client_properties={"connection_name": name})
+
+
+# -- publishing ------------------------------------------------------------------------------------------------
+def _forget(ids: dict[str, int], message_id: str, tag: int, _: asyncio.Future[Any]) -> None:
+    if ids.get(message_id) == tag:
+        ids.pop(message_id)
+
+
+def _properties(msg: Outgoing) -> aiormq.spec.Basic.Properties:
+    return aiormq.spec.Basic.Properties(delivery_mode=2, content_type="application/json", headers=msg.headers,
+                                        correlation_id=msg.correlation_id, reply_to=msg.reply_to,
+                                        message_id=msg.message_id or uuid.uuid4().hex)
+
+
+def _fast(raw: Any) -> bool:
+    return all(hasattr(raw, a) for a in _FAST_ATTRS) and bool(raw.publisher_confirms)
+
+
+async def _put(raw: Any, frame: ChannelFrame, sent: list[bool]) -> None:
+    """Queue a frame for the connection's writer; give up (ChannelInvalidStateError) if the channel closes first.
+
+    aiormq's own ``write_queue.put`` waits forever when the connection died with a full write queue (its writer
+    is gone): a publisher stuck there holds the channel lock, and every later publish on that channel waits too.
+    """
+    q = raw.write_queue
+    try:
+        q.put_nowait(frame)
+        sent.append(True)
+        return
+    except asyncio.QueueFull:
+        pass
+    put = asyncio.ensure_future(q.put(frame))
+    closing = raw.closing
+    try:
+        await asyncio.wait((put, closing), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if put.done() and not put.cancelled() and put.exception() is None:
+            sent.append(True)
+        else:
+            put.cancel()
+        if closing is not getattr(raw, "_closing", None):
+            closing.cancel()  # an observer of the channel's closing future (aiormq ≥ 7), not the future itself
+    if not sent:
+        raise aiormq.exceptions.ChannelInvalidStateError(f"{raw!r} closed while writing")
+
+
+def ack_nowait(raw: Any, tag: int, *, multiple: bool) -> Awaitable[None] | None:
+    """Send ``basic.ack``; None when it is queued already, else an awaitable that finishes queueing it.
+
+    Raises ChannelInvalidStateError when the channel is closed.
+    """
+    if raw.is_closed:
+        raise aiormq.exceptions.ChannelInvalidStateError(f"{raw!r} closed")
+    frame = ChannelFrame.marshall(channel_number=raw.number,
+                                  frames=[spec.Basic.Ack(delivery_tag=tag, multiple=multiple)])
+    try:
+        raw.write_queue.put_nowait(frame)
+        return None
+    except asyncio.QueueFull:
+        return _put(raw, frame, [])
+
+
+async def publish_batch(raw: aiormq.abc.AbstractChannel, msgs: list[Outgoing]) -> list[asyncio.Future[Any]]:
+    """Persistent, mandatory publishes on the default exchange, in one frame write; their confirmation futures.
+
+    A future resolves when the broker confirmed its message; it raises aiormq's PublishError when no queue has
+    that name (returned), DeliveryError on a nack, a connection error when the channel closes first. Raises
+    ChannelInvalidStateError at once when the channel is closed.
+    """
+    if not msgs:
+        return []
+    if not _fast(raw):
+        return [asyncio.ensure_future(raw.basic_publish(m.body, exchange="", routing_key=m.routing_key,
+                                                        properties=_properties(m), mandatory=True))
+                for m in msgs]
+    r: Any = raw
+    frames: list[Any] = []
+    futs: list[asyncio.Future[Any]] = []
+    sent: list[bool] = []
+    async with r.lock:
+        first = r.delivery_tag
+        registered: list[tuple[int, str]] = []
+        try:
+            for m in msgs:
+                props = _properties(m)
+                r.delivery_tag += 1
+                tag, mid = r.delivery_tag, props.message_id
+                fut = r.create_future()
+                r.confirmations[tag] = fut
+                r.message_id_delivery_tag[mid] = tag
+                registered.append((tag, mid))
+                futs.append(fut)
+                frames.append(spec.Basic.Publish(exchange="", routing_key=m.routing_key, mandatory=True))
+                frames.append(ContentHeader(properties=props, body_size=len(m.body)))
+                body, size = m.body, r.max_content_size
+                frames.extend(ContentBody(body[i:i + size]) for i in range(0, len(body), size))
+            await _put(r, ChannelFrame.marshall(channel_number=r.number, frames=frames), sent)
+        except BaseException:
+            if not sent:  # the broker has not seen any of them: give the sequence numbers back
+                r.delivery_tag = first
+                for (tag, mid), fut in zip(registered, futs):
+                    r.confirmations.pop(tag, None)
+                    if r.message_id_delivery_tag.get(mid) == tag:
+                        r.message_id_delivery_tag.pop(mid)
+                    fut.cancel()
+            raise
+    for (tag, mid), fut in zip(registered, futs):
+        fut.add_done_callback(functools.partial(_forget, r.message_id_delivery_tag, mid, tag))
+    return futs
