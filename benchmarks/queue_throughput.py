@@ -64,8 +64,11 @@ def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process from /proc (read only)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """utime + stime of a process from /proc (read only); NaN when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -86,7 +89,8 @@ def pids_where(pred: "Callable[[int, str, bytes], bool]") -> list[int]:
 async def one_run(model: str, n_requests: int, max_in_flight: int, *, sups: list[int] | None = None
                   ) -> dict[str, float]:
     workers = pids_where(lambda ppid, comm, cmd: ppid in (sups or []) and b"resource_tracker" not in cmd)
-    broker = pids_where(lambda ppid, comm, cmd: comm == "beam.smp")
+    # the broker's VM (not a short-lived rabbitmqctl, which is a beam.smp too)
+    broker = pids_where(lambda ppid, comm, cmd: comm == "beam.smp" and b"rabbit\x00boot" in cmd)
     before = {p: cpu_seconds(p) for p in workers + broker}
     async with QueueClient(URL, timeout=120) as client:
         await client.check_model(model)

@@ -251,7 +251,8 @@ class QueueWorker:
         cfg = self.config
         for name, path in cfg.models.items():
             self.runners[name] = ModelRunner(name, path, threads=cfg.threads)
-            self._executors[name] = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"model-{name}")
+            self._executors[name] = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix=f"model-{name}", initializer=_thread_setup, initargs=(cfg.threads,))
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_port, host=cfg.metrics_host)
         try:
@@ -471,6 +472,18 @@ class QueueWorker:
             mx.acked.inc()
             mx.latency.observe(time.monotonic() - item.t0)
         mx.in_flight.dec()
+
+
+def _thread_setup(threads: int) -> None:
+    """Give the model thread the process's torch thread count. OpenMP's thread count is per thread: a thread
+    that never called ``torch.set_num_threads`` runs OpenMP regions on every core, and on a busy machine its
+    batch-1 forward passes took ~7.5 ms of CPU instead of ~0.1 ms (the loop thread's setting does not carry
+    over to the executor thread)."""
+    import sys
+
+    torch = sys.modules.get("torch")  # the numpy backend never imports torch
+    if torch is not None:
+        torch.set_num_threads(threads)
 
 
 async def publish(channel: aio_pika.abc.AbstractChannel, routing_key: str, body: bytes, *,
