@@ -138,6 +138,24 @@ async def test_dropped_connection_redelivers_and_client_dedups(served: tuple[Que
     assert await admin.drain_dead_letters(worker.config.url, name) == []
 
 
+async def test_worker_consumes_again_after_its_queue_is_deleted(served: tuple[QueueWorker, str]) -> None:
+    """A broker-side consumer cancel (rabbitmqctl delete_queue) does not leave the worker idle."""
+    worker, name = served
+    async with QueueClient(worker.config.url, timeout=20) as client:
+        assert (await client.request(name, {"n": 1})).ok
+        conn = await aio_pika.connect(worker.config.url)
+        ch = await conn.channel()
+        await ch.queue_delete(m.queue_name(name))
+        await conn.close()
+        for _ in range(100):  # the worker declares the queue again and consumes (after ~1 s)
+            info = await admin.queue_info(worker.config.url, m.queue_name(name))
+            if info is not None and info[1] == 1:
+                break
+            await asyncio.sleep(0.1)
+        assert info is not None and info[1] == 1
+        assert (await client.request(name, {"n": 1})).ok
+
+
 def _metric(text: str, metric: str, model: str) -> float:
     for line in text.splitlines():
         if line.startswith(metric + "{") and f'model="{model}"' in line:

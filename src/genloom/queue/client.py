@@ -82,18 +82,40 @@ class QueueClient:
                                f"is the broker running and the URL right (amqp://user:pass@host:5672/)?") from None
         self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)  # type: ignore
         await self._channel.set_qos(prefetch_count=self.prefetch)
-        self._queue = await self._channel.declare_queue(
-            self.reply_queue, durable=True, arguments={"x-expires": int(self.reply_ttl_s * 1000)})
+        self._queue = await self._declare()
         # raw aiormq consumer; the robust channel re-declares the reply queue after a reconnect, then calls this
         self._channel.reopen_callbacks.add(self._on_reopen)
         self._consuming = True
         await self._consume()
 
+    async def _declare(self) -> aio_pika.abc.AbstractQueue:
+        assert self._channel is not None
+        return await self._channel.declare_queue(
+            self.reply_queue, durable=True, arguments={"x-expires": int(self.reply_ttl_s * 1000)})
+
     async def _consume(self) -> None:
         assert self._channel is not None
         raw = await self._channel.get_underlay_channel()
+        raw.on_consumer_cancel_callbacks.add(self._on_cancel)
         if self._consuming and self._consumer_tag not in raw.consumers:
             await raw.basic_consume(self.reply_queue, self._on_response, consumer_tag=self._consumer_tag)
+
+    def _on_cancel(self, frame: Any) -> None:
+        """The broker cancelled our consumer (the reply queue was deleted): declare it again and consume."""
+        if self._consuming and frame.consumer_tag == self._consumer_tag:
+            task = asyncio.ensure_future(self._recover())
+            self._acks.add(task)
+            task.add_done_callback(self._acks.discard)
+
+    async def _recover(self) -> None:
+        while self._consuming:
+            await asyncio.sleep(0.5)
+            try:
+                await self._declare()
+                await self._consume()
+                return
+            except (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError):
+                pass
 
     async def _on_reopen(self, _channel: Any) -> None:
         try:

@@ -240,6 +240,7 @@ class QueueWorker:
         self.channel: aio_pika.abc.AbstractRobustChannel | None = None
         self._tags: dict[str, str] = {}  # model -> consumer tag (the same tag again after a reconnect)
         self._consuming = False
+        self._recovery: asyncio.Task[None] | None = None
         self._batchers: dict[str, _Batcher] = {}
         self._executors: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
         self._window: _AckWindow | None = None
@@ -263,10 +264,8 @@ class QueueWorker:
         self.channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)  # type: ignore
         await self.channel.set_qos(prefetch_count=cfg.prefetch)
         for name in cfg.models:
-            await self.channel.declare_queue(m.dead_letter_queue(name), durable=True)
             try:
-                await self.channel.declare_queue(m.queue_name(name), durable=True, arguments={
-                    "x-dead-letter-exchange": "", "x-dead-letter-routing-key": m.dead_letter_queue(name)})
+                await self._declare(name)
             except aiormq.exceptions.ChannelPreconditionFailed as e:
                 raise GenloomError(f"queue {m.queue_name(name)} exists with other settings ({e}); delete it "
                                    f"(rabbitmqctl delete_queue {m.queue_name(name)}) and start again") from None
@@ -282,13 +281,40 @@ class QueueWorker:
         await self._consume()
         log.info("worker %s consuming %s", cfg.name, ", ".join(m.queue_name(n) for n in cfg.models))
 
+    async def _declare(self, name: str) -> None:
+        assert self.channel is not None
+        await self.channel.declare_queue(m.dead_letter_queue(name), durable=True)
+        await self.channel.declare_queue(m.queue_name(name), durable=True, arguments={
+            "x-dead-letter-exchange": "", "x-dead-letter-routing-key": m.dead_letter_queue(name)})
+
     async def _consume(self) -> None:
         assert self.channel is not None
         raw = await self.channel.get_underlay_channel()
+        raw.on_consumer_cancel_callbacks.add(self._on_cancel)
         for name, tag in self._tags.items():
             if self._consuming and tag not in raw.consumers:
                 await raw.basic_consume(m.queue_name(name), functools.partial(self._on_message, name),
                                         consumer_tag=tag)
+
+    def _on_cancel(self, frame: Any) -> None:
+        """The broker cancelled a consumer (its queue was deleted): declare the queues again and consume."""
+        if not self._consuming or frame.consumer_tag not in self._tags.values():
+            return
+        log.warning("the broker cancelled consumer %s (queue deleted?); declaring it again", frame.consumer_tag)
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.ensure_future(self._recover())
+
+    async def _recover(self) -> None:
+        while self._consuming:
+            await asyncio.sleep(1.0)
+            try:
+                for name in self._tags:
+                    await self._declare(name)
+                await self._consume()
+                log.info("consuming again after the broker cancelled a consumer")
+                return
+            except (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError) as e:
+                log.warning("could not consume again yet (%r); retrying", e)
 
     async def _on_reopen(self, _channel: Any) -> None:
         try:
@@ -300,6 +326,8 @@ class QueueWorker:
     async def stop(self) -> None:
         """Stop consuming, finish and ack what was delivered, close the connection."""
         self._consuming = False
+        if self._recovery is not None:
+            self._recovery.cancel()
         if self.channel is not None:
             self.channel.reopen_callbacks.discard(self._on_reopen)
             try:
