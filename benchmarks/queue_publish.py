@@ -1,9 +1,11 @@
-"""CPU per confirmed publish: aio-pika ``default_exchange.publish(Message(...))`` vs the aiormq channel under it.
+"""CPU per confirmed publish: aio-pika ``default_exchange.publish(Message(...))``, the aiormq channel under it,
+the same over a connection with corked writes, and ``genloom.queue.amqp.publish_batch`` (groups in one write).
 
     .venv/bin/python benchmarks/queue_publish.py --messages 10000 --repeats 3
 
-Both publish the same 100-byte body to one queue with publisher confirms, 500 in flight; the two ways alternate
-within each repeat. Reports the client CPU (process time) per message; medians over the repeats.
+All publish the same 100-byte persistent body to one queue with publisher confirms, 500 in flight (the batch
+variant: groups of 500, each awaited before the next); the ways alternate within each repeat. Reports the
+client CPU (process time) per message; medians over the repeats.
 """
 from __future__ import annotations
 
@@ -17,15 +19,19 @@ import uuid
 import aio_pika
 import aiormq
 
+from genloom.queue import amqp
+
 URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 async def run(n: int, repeats: int) -> dict[str, object]:
     conn = await aio_pika.connect(URL)
+    corked = await amqp.connect_robust(URL, name="bench-publish-corked")
     ch = await conn.channel(publisher_confirms=True)
+    cch = await corked.channel(publisher_confirms=True, on_return_raises=True)
     name = f"bench-publish-{uuid.uuid4().hex[:8]}"
     await ch.declare_queue(name)
-    raw = await ch.get_underlay_channel()
+    raw, craw = await ch.get_underlay_channel(), await cch.get_underlay_channel()
     body, window = b"x" * 100, asyncio.Semaphore(500)
 
     async def via_aio_pika() -> None:
@@ -37,20 +43,40 @@ async def run(n: int, repeats: int) -> dict[str, object]:
             await raw.basic_publish(body, exchange="", routing_key=name,
                                     properties=aiormq.spec.Basic.Properties(delivery_mode=2))
 
-    out: dict[str, list[float]] = {"aio_pika_us": [], "aiormq_us": []}
+    async def via_aiormq_corked() -> None:
+        async with window:
+            await craw.basic_publish(body, exchange="", routing_key=name,
+                                     properties=aiormq.spec.Basic.Properties(delivery_mode=2))
+
+    async def via_publish_batch(k: int) -> None:
+        futs = await amqp.publish_batch(craw, [amqp.Outgoing(name, body) for _ in range(k)])
+        await asyncio.gather(*futs)
+
+    async def one_by_one(fn: object) -> None:
+        await asyncio.gather(*(fn() for _ in range(n)))  # type: ignore[operator]
+
+    async def batched() -> None:
+        for i in range(0, n, 500):
+            await via_publish_batch(min(500, n - i))
+
+    ways = {"aio_pika_us": lambda: one_by_one(via_aio_pika), "aiormq_us": lambda: one_by_one(via_aiormq),
+            "aiormq_corked_us": lambda: one_by_one(via_aiormq_corked), "publish_batch_us": batched}
+    out: dict[str, list[float]] = {k: [] for k in ways}
     try:
         for _ in range(repeats):
-            for key, fn in (("aio_pika_us", via_aio_pika), ("aiormq_us", via_aiormq)):
+            for key, way in ways.items():
                 c0 = time.process_time()
-                await asyncio.gather(*(fn() for _ in range(n)))
+                await way()
                 out[key].append(1e6 * (time.process_time() - c0) / n)
                 await raw.queue_purge(name)
     finally:
         await raw.queue_delete(name)
+        await corked.close()
         await conn.close()
-    a, b = statistics.median(out["aio_pika_us"]), statistics.median(out["aiormq_us"])
-    return {"messages": n, "repeats": repeats, "aio_pika_us": round(a, 1), "aiormq_us": round(b, 1),
-            "ratio": round(a / b, 2), "all": {k: [round(x) for x in v] for k, v in out.items()}}
+    med = {k: round(statistics.median(v), 1) for k, v in out.items()}
+    return {"messages": n, "repeats": repeats, **med,
+            "ratio_aio_pika_to_publish_batch": round(med["aio_pika_us"] / med["publish_batch_us"], 2),
+            "all": {k: [round(x) for x in v] for k, v in out.items()}}
 
 
 def main() -> None:
@@ -58,6 +84,12 @@ def main() -> None:
     p.add_argument("--messages", type=int, default=10_000)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
     print(json.dumps(asyncio.run(run(args.messages, args.repeats))))
 
 
