@@ -5,16 +5,19 @@ The reference is rebuilt here faithfully (torchvision does not import beside thi
 that turns each uint8 image into a PIL image and then into a float tensor (torchvision's MNIST +
 ``transforms.ToTensor()``), batched by a ``DataLoader(shuffle=True)`` with no workers (its CPU setting).
 Its epoch is main.py's: ``train(epoch)`` then ``test(epoch)`` over the 10,000 test images (the sample/
-comparison PNGs it also writes are left out). genloom's epoch is the Trainer's, validation included. Runs alternate (ref, genloom, ref, genloom, …) and the
-medians are compared.
+comparison PNGs it also writes are left out). genloom's epoch is the Trainer's, validation included. Runs alternate
+(ref, genloom, ref, genloom, …), each epoch in a fresh process after 10 untimed warm-up steps (so genloom's
+allocator setting, train/allocator.py, never reaches the reference), and the medians are compared.
 
-    python benchmarks/vae_epoch.py --epochs 3 [--json]
+    python benchmarks/vae_epoch.py --epochs 3 [--amp off|bf16|auto] [--json]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -26,6 +29,7 @@ from torch import nn
 
 from genloom.data.batches import ImageBatches
 from genloom.data.images import load_images
+from genloom.models.lowp import fast_bf16_available
 from genloom.models.vae import VAE, VAEConfig
 from genloom.train.trainer import TrainConfig, Trainer
 
@@ -78,43 +82,69 @@ def ref_epoch(model, opt, loader, test_loader) -> float:
     return time.perf_counter() - t
 
 
+def _child(side: str, seed: int, amp: str) -> float:
+    """One timed epoch of one side in this (fresh) process, after 10 untimed warm-up steps."""
+    s = load_images("fashion-mnist")
+    torch.manual_seed(seed)
+    if side == "ref":
+        full = torch.cat([s.train.images, s.val.images]), torch.cat([s.train.labels, s.val.labels])
+        ref = RefVAE()
+        ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-3)
+        loader = torch.utils.data.DataLoader(PILDataset(*full), batch_size=128, shuffle=True)
+        test_loader = torch.utils.data.DataLoader(PILDataset(s.test.images, s.test.labels), batch_size=128)
+        for i, (x, _) in enumerate(loader):
+            ref_opt.zero_grad()
+            ref_loss(ref, x).backward()
+            ref_opt.step()
+            if i == 9:
+                break
+        return ref_epoch(ref, ref_opt, loader, test_loader)
+    with tempfile.TemporaryDirectory() as d:
+        model = VAE(VAEConfig())
+        model.autocast_dtype = torch.bfloat16 if amp == "bf16" or (amp == "auto" and fast_bf16_available()) else None
+        warm = Trainer(model, TrainConfig(out=d, steps=10, progress=False, seed=seed), ImageBatches(s.train, 128))
+        warm._loop()
+        cfg = TrainConfig(out=d, epochs=1, batch_size=128, lr=1e-3, schedule="wsd", betas=(0.9, 0.99),
+                          progress=False, seed=seed)
+        tr = Trainer(model, cfg, ImageBatches(s.train, 128), ImageBatches(s.val, 1000, shuffle=False))
+        t = time.perf_counter()
+        tr._loop()
+        return time.perf_counter() - t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=3, help="epochs of each, alternating")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--bf16", action="store_true", help="genloom with bf16 autocast training")
+    ap.add_argument("--amp", choices=("auto", "bf16", "off"), default="off",
+                    help="genloom's training matmuls: off (the recipe default, fp32), bf16, or auto (bf16 where the "
+                         "CPU has AMX / AVX512-BF16)")
+    ap.add_argument("--child", choices=("ref", "genloom"), default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        print(json.dumps({"seconds": _child(args.child, args.seed, args.amp)}))
+        return
     s = load_images("fashion-mnist")
-    full = torch.cat([s.train.images, s.val.images]), torch.cat([s.train.labels, s.val.labels])
-    torch.manual_seed(0)
-    ref = RefVAE()
-    ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-3)
-    loader = torch.utils.data.DataLoader(PILDataset(*full), batch_size=128, shuffle=True)
-    test_loader = torch.utils.data.DataLoader(PILDataset(s.test.images, s.test.labels), batch_size=128)
-    ref_images = len(full[0])
     ours_times: list[float] = []
     ref_times: list[float] = []
-    with tempfile.TemporaryDirectory() as d:
-        for e in range(args.epochs):
-            ref_times.append(ref_epoch(ref, ref_opt, loader, test_loader))
-            cfg = TrainConfig(out=d, epochs=1, batch_size=128, lr=1e-3, schedule="wsd", betas=(0.9, 0.99), progress=False, seed=e)
-            model = VAE(VAEConfig())
-            model.autocast_dtype = torch.bfloat16 if args.bf16 else None
-            tr = Trainer(model, cfg, ImageBatches(s.train, 128), ImageBatches(s.val, 1000, shuffle=False))
-            t = time.perf_counter()
-            tr._loop()
-            ours_times.append(time.perf_counter() - t)
+    for e in range(args.epochs):  # each epoch in a fresh process: genloom's allocator setting stays out of ref's
+        for side, times in (("ref", ref_times), ("genloom", ours_times)):
+            out = subprocess.run([sys.executable, __file__, "--child", side, "--seed", str(e), "--amp", args.amp],
+                                 check=True, capture_output=True, text=True).stdout
+            times.append(json.loads(out.strip().splitlines()[-1])["seconds"])
+    ref_images = len(s.train) + len(s.val)
     r, o = statistics.median(ref_times), statistics.median(ours_times)
     res = {"reference_s_per_epoch": round(r, 3), "reference_images": ref_images,
            "genloom_s_per_epoch": round(o, 3), "genloom_images": len(s.train), "genloom_includes_validation": True,
-           "speedup": round(r / o, 2), "runs": args.epochs, "threads": torch.get_num_threads(),
+           "speedup": round(r / o, 2), "runs": args.epochs, "threads": torch.get_num_threads(), "amp": args.amp,
            "reference_runs": [round(v, 2) for v in ref_times], "genloom_runs": [round(v, 2) for v in ours_times]}
     if args.json:
         print(json.dumps(res))
     else:
         print(f"| recipe | s/epoch (median of {args.epochs}) | images/epoch |\n|---|---|---|")
         print(f"| pytorch/examples vae/main.py (DataLoader) | {r:.2f} | {ref_images} |")
-        print(f"| genloom Trainer (incl. validation) | {o:.2f} | {len(s.train)} |")
+        print(f"| genloom Trainer (incl. validation, --amp {args.amp}) | {o:.2f} | {len(s.train)} |")
         print(f"\nspeedup: {r / o:.2f}x  (runs: ref {res['reference_runs']}, genloom {res['genloom_runs']})")
 
 

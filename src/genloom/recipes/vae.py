@@ -47,7 +47,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--activation", choices=("silu", "relu"), default=None,
                    help="hidden activation (default silu; relu is the lecture's original)")
     g.add_argument("--amp", choices=("bf16", "off"), default=None,
-                   help="bf16 autocast for the training matmuls (default off; likelihood and KL stay float32)")
+                   help="bf16 training matmuls with float32 master weights, likelihood and KL (models/lowp.py); "
+                        "default off: at this model size fp32 measured faster (docs/benchmarks.md)")
 
 
 def config_from_args(args: argparse.Namespace, num_classes: int) -> VAEConfig:
@@ -68,7 +69,8 @@ def build(args: argparse.Namespace, tcfg) -> Built:
     cfg = config_from_args(args, num_classes=10)
     model = VAE(cfg)
     model.init_output_bias(splits.train.images.float().mean(0).div(255))  # (28, 28) mean image in [0, 1]
-    model.autocast_dtype = torch.bfloat16 if preset_value(args, sys.modules[__name__], "amp", "off") == "bf16" else None
+    amp = preset_value(args, sys.modules[__name__], "amp", "off")
+    model.autocast_dtype = torch.bfloat16 if amp == "bf16" else None
     labels = torch.arange(100) % 10 if cfg.num_classes else None
 
     def after(path: Path, trainer) -> dict[str, Any]:
@@ -79,7 +81,8 @@ def build(args: argparse.Namespace, tcfg) -> Built:
         model=model,
         train=ImageBatches(splits.train, tcfg.batch_size),
         val=ImageBatches(splits.val, 1000, shuffle=False),
-        provenance={"dataset": splits.dataset, "train_images": len(splits.train)},
+        provenance={"dataset": splits.dataset, "train_images": len(splits.train),
+                    "train_matmuls": "bf16" if model.autocast_dtype is not None else "fp32"},
         on_epoch_end=[sample_grid_callback(100 if labels is not None else 64, labels=labels)],
         after=after,
     )

@@ -20,6 +20,7 @@ from genloom import export
 from genloom.data.batches import BatchSource
 from genloom.errors import GenloomError
 from genloom.models.base import GenerativeModel, LossOutput
+from genloom.train.allocator import keep_freed_memory
 from genloom.train.checkpoint import load_checkpoint, save_checkpoint
 from genloom.train.metrics import MetricsLog, plot_loss_curve
 from genloom.train.schedules import SCHEDULES, lr_factor
@@ -69,6 +70,7 @@ class Trainer:
                  on_step: Callable[["Trainer", LossOutput], None] | None = None,
                  resume: bool = False, resume_cmd: str | None = None) -> None:
         self.model, self.cfg, self.train_src, self.val_src = model, cfg, train, val
+        keep_freed_memory()  # no page faults for the same activations every step (allocator.py)
         self.out = Path(cfg.out)
         self.ckpt_dir = self.out / "checkpoints"
         self.provenance = dict(provenance or {})
