@@ -9,7 +9,8 @@
 
 ``--scale 0.05`` shrinks every budget (and the VAE's epochs) for a dry run of the script itself. Runs go one
 after another so that each has the machine's cores to itself; results land in OUT/results.json and a Markdown
-table on stdout. FIDs: 10,000 samples vs the 10,000 test images, features of the shipped classifier, seed 0.
+table on stdout. Two invocations with ``--only`` and ``--threads 1`` may run at once on one OUT (one per core):
+each merges its result into results.json. FIDs: 10,000 samples vs the 10,000 test images, features of the shipped classifier, seed 0.
 """
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ def main() -> None:
                                  "--fid-samples", str(a.fid_samples), "--seed", "0", "--json"))
         _genloom("sample", str(run_dir / "model.safetensors"), "-n", "64", "--seed", "0", "-o",
                  str(a.out / f"{name}.png"))
+        results = json.loads(res_path.read_text()) if res_path.exists() else {}  # concurrent --only runs
         results[name] = {"fid": ev["fid"], "steps": summary["steps"], "train_seconds": summary["train_seconds"],
                          "wall_seconds": round(wall, 1), "argv": _scaled(argv, a.scale)}
         res_path.write_text(json.dumps(results, indent=2))

@@ -167,3 +167,23 @@ def test_spectral_norm_only_for_hinge() -> None:
     names = lambda m: " ".join(k for k, _ in m.critic.named_parameters())  # noqa: E731
     assert "parametrizations" in names(_tiny(loss="hinge"))
     assert "parametrizations" not in names(_tiny(loss="wgan-gp"))
+
+
+def test_batch_norm_generator_trains_and_samples_per_sample() -> None:
+    """gen_norm="batch": the generator has batch norm (the critic never does); sampling uses the running
+    statistics, so a sample does not depend on what else is in its batch, and the EMA copy gets the buffers."""
+    torch.manual_seed(0)
+    m = _tiny(loss="r3gan", n_critic=1, gen_norm="batch")
+    assert any(isinstance(mod, torch.nn.BatchNorm2d) for mod in m.generator.modules())
+    assert not any(isinstance(mod, torch.nn.BatchNorm2d) for mod in m.critic.modules())
+    opts = m.configure_optimizers(SimpleNamespace(lr=1e-4, betas=(0.0, 0.99), weight_decay=0.0))
+    for step in range(3):
+        out = m.train_step((_images(8, step), torch.zeros(8, dtype=torch.long)), opts, step, Hooks(opts))
+        assert math.isfinite(float(out.loss))
+    assert m.generator.training  # generate() restores the mode it found
+    assert torch.equal(m.ema.bn1.running_mean, m.generator.bn1.running_mean)
+    a = m.generate(6, generator=torch.Generator().manual_seed(3), ema=False)
+    b = m.generate(2, generator=torch.Generator().manual_seed(3), ema=False)
+    assert torch.allclose(a[:2], b, atol=1e-6) and m.generator.training
+    with pytest.raises(ValueError, match="gen_norm"):
+        GANConfig(gen_norm="layer")

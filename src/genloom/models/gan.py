@@ -30,6 +30,7 @@ class GANConfig:
     dim: int = 64  # conv: DIM (channels of the first critic layer); mlp: hidden width
     kernel: int = 5  # conv kernel size (the paper's 5; 4 or 3 are cheaper)
     critic_norm: str = "none"  # none | layer (never batch norm: the penalty is per sample)
+    gen_norm: str = "none"  # conv generator: none | batch (DCGAN's batch norm; the critic never has it)
     n_critic: int = 5  # critic steps per generator step
     gp_weight: float = 10.0  # wgan-gp: λ; r3gan: γ (the R1 + R2 weight is γ/2)
     num_classes: int = 0  # > 0: conditional generation by class label
@@ -45,6 +46,8 @@ class GANConfig:
         if self.critic_norm not in ("none", "layer"):
             raise ValueError(f"critic_norm must be 'none' or 'layer' (batch norm breaks the per-sample penalty), "
                              f"not {self.critic_norm!r}")
+        if self.gen_norm not in ("none", "batch"):
+            raise ValueError(f"gen_norm must be 'none' or 'batch', not {self.gen_norm!r}")
         if self.kernel not in (3, 4, 5):
             raise ValueError(f"kernel must be 3, 4 or 5, not {self.kernel}")
         if min(self.latent, self.dim, self.n_critic) < 1 or self.num_classes < 0:
@@ -119,7 +122,7 @@ class GAN(GenerativeModel):
         spectral = c.loss == "hinge"  # SN-GAN: spectral normalization on every critic layer
         if c.arch == "conv":
             self.generator: nn.Module = ConvGenerator(latent=c.latent, dim=c.dim, kernel=c.kernel,
-                                                      num_classes=c.num_classes)
+                                                      num_classes=c.num_classes, norm=c.gen_norm)
             self.critic: nn.Module = ConvCritic(dim=c.dim, kernel=c.kernel, num_classes=c.num_classes,
                                                 norm=c.critic_norm, spectral=spectral)
         else:
@@ -145,7 +148,12 @@ class GAN(GenerativeModel):
         net = self.ema if use_ema else self.generator
         w = self.generator.fc.weight if self.config.arch == "conv" else self.generator.net[0].weight
         z = torch.randn(n, self.config.latent, generator=generator, dtype=w.dtype)
-        return net(z, self._labels(n, labels))
+        was = net.training
+        net.eval()  # batch-norm generators sample with their running statistics: per-sample, deterministic
+        try:
+            return net(z, self._labels(n, labels))
+        finally:
+            net.train(was)
 
     def loss(self, batch: Any) -> LossOutput:
         """The critic loss on one real minibatch (no step): for inspection and validation."""

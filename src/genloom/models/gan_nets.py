@@ -43,7 +43,7 @@ class _Onehot(nn.Module):
 
 
 class ConvGenerator(nn.Module):
-    def __init__(self, *, latent: int, dim: int, kernel: int, num_classes: int) -> None:
+    def __init__(self, *, latent: int, dim: int, kernel: int, num_classes: int, norm: str = "none") -> None:
         super().__init__()
         p, op = _pad(kernel)
         self.dim = dim
@@ -52,11 +52,16 @@ class ConvGenerator(nn.Module):
         self.up1 = nn.ConvTranspose2d(4 * dim, 2 * dim, kernel, 2, p, op)
         self.up2 = nn.ConvTranspose2d(2 * dim, dim, kernel, 2, p, op)
         self.up3 = nn.ConvTranspose2d(dim, 1, kernel, 2, p, op)
+        bn = norm == "batch"  # DCGAN: batch norm after every generator layer but the last
+        self.bn0 = nn.BatchNorm2d(4 * dim) if bn else nn.Identity()
+        self.bn1 = nn.BatchNorm2d(2 * dim) if bn else nn.Identity()
+        self.bn2 = nn.BatchNorm2d(dim) if bn else nn.Identity()
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        h = F.relu(self.fc(self.cond(z, labels))).view(len(z), 4 * self.dim, 4, 4)  # (B, 4D, 4, 4)
-        h = F.relu(self.up1(h)[:, :, :7, :7])  # (B, 2D, 8, 8) cropped to (B, 2D, 7, 7)
-        h = F.relu(self.up2(h))  # (B, D, 14, 14)
+        h = self.fc(self.cond(z, labels)).view(len(z), 4 * self.dim, 4, 4)
+        h = F.relu(self.bn0(h))  # (B, 4D, 4, 4)
+        h = F.relu(self.bn1(self.up1(h)[:, :, :7, :7]))  # (B, 2D, 8, 8) cropped to (B, 2D, 7, 7)
+        h = F.relu(self.bn2(self.up2(h)))  # (B, D, 14, 14)
         return torch.sigmoid(self.up3(h))  # (B, 1, 28, 28) in [0, 1]
 
 

@@ -34,7 +34,7 @@ LOSS_DEFAULTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
               {"arch": "conv", "dim": 32, "kernel": 4, "n_critic": 1, "gp_weight": 0.1}),
 }
 DEFAULTS: dict[str, Any] = {**BASE, **LOSS_DEFAULTS[DEFAULT_LOSS][0]}
-MODEL_FIELDS = ("arch", "loss", "latent", "dim", "kernel", "critic_norm", "n_critic", "gp_weight", "ema_kimg")
+MODEL_FIELDS = ("arch", "loss", "latent", "dim", "kernel", "critic_norm", "gen_norm", "n_critic", "gp_weight", "ema_kimg")
 PRESETS: dict[str, dict[str, Any]] = {
     "gulrajani": {"_doc": "the WGAN-GP authors' MNIST recipe: conv DIM 64, kernel 5, batch 50, Adam 1e-4 "
                           "betas (0.5, 0.9), λ 10, n_critic 5, no EMA",
@@ -68,6 +68,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n-critic", type=int, default=None, help="critic steps per generator step")
     g.add_argument("--gp-weight", type=float, default=None, help="wgan-gp: λ (10); r3gan: γ of R1 + R2")
     g.add_argument("--critic-norm", choices=("none", "layer"), default=None, help="critic normalization")
+    g.add_argument("--gen-norm", choices=("none", "batch"), default=None,
+                   help="conv generator normalization (batch = DCGAN's batch norm; default none)")
     g.add_argument("--ema-kimg", type=float, default=None,
                    help="EMA half-life cap in thousands of images (default 10; 0 = no EMA)")
     g.add_argument("--conditional", action="store_true", default=None, help="condition on the class label")
