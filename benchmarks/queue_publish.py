@@ -1,5 +1,5 @@
 """CPU per confirmed publish: aio-pika ``default_exchange.publish(Message(...))``, the aiormq channel under it,
-the same over a connection with corked writes, and ``genloom.queue.amqp.publish_batch`` (groups in one write).
+and ``genloom.queue.amqp.publish_batch`` (groups in one frame write).
 
     .venv/bin/python benchmarks/queue_publish.py --messages 10000 --repeats 3
 
@@ -26,12 +26,10 @@ URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 async def run(n: int, repeats: int) -> dict[str, object]:
     conn = await aio_pika.connect(URL)
-    corked = await amqp.connect_robust(URL, name="bench-publish-corked")
     ch = await conn.channel(publisher_confirms=True)
-    cch = await corked.channel(publisher_confirms=True, on_return_raises=True)
     name = f"bench-publish-{uuid.uuid4().hex[:8]}"
     await ch.declare_queue(name)
-    raw, craw = await ch.get_underlay_channel(), await cch.get_underlay_channel()
+    raw = await ch.get_underlay_channel()
     body, window = b"x" * 100, asyncio.Semaphore(500)
 
     async def via_aio_pika() -> None:
@@ -43,13 +41,8 @@ async def run(n: int, repeats: int) -> dict[str, object]:
             await raw.basic_publish(body, exchange="", routing_key=name,
                                     properties=aiormq.spec.Basic.Properties(delivery_mode=2))
 
-    async def via_aiormq_corked() -> None:
-        async with window:
-            await craw.basic_publish(body, exchange="", routing_key=name,
-                                     properties=aiormq.spec.Basic.Properties(delivery_mode=2))
-
     async def via_publish_batch(k: int) -> None:
-        futs = await amqp.publish_batch(craw, [amqp.Outgoing(name, body) for _ in range(k)])
+        futs = await amqp.publish_batch(raw, [amqp.Outgoing(name, body) for _ in range(k)])
         await asyncio.gather(*futs)
 
     async def one_by_one(fn: object) -> None:
@@ -60,7 +53,7 @@ async def run(n: int, repeats: int) -> dict[str, object]:
             await via_publish_batch(min(500, n - i))
 
     ways = {"aio_pika_us": lambda: one_by_one(via_aio_pika), "aiormq_us": lambda: one_by_one(via_aiormq),
-            "aiormq_corked_us": lambda: one_by_one(via_aiormq_corked), "publish_batch_us": batched}
+            "publish_batch_us": batched}
     out: dict[str, list[float]] = {k: [] for k in ways}
     try:
         for _ in range(repeats):
@@ -71,7 +64,6 @@ async def run(n: int, repeats: int) -> dict[str, object]:
                 await raw.queue_purge(name)
     finally:
         await raw.queue_delete(name)
-        await corked.close()
         await conn.close()
     med = {k: round(statistics.median(v), 1) for k, v in out.items()}
     return {"messages": n, "repeats": repeats, **med,

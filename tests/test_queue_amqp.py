@@ -1,4 +1,4 @@
-"""genloom.queue.amqp and the worker's ack window: corked writes, batched confirmed publishes, multiple acks."""
+"""genloom.queue.amqp and the worker's ack window: batched confirmed publishes, multiple acks, reconnects."""
 from __future__ import annotations
 
 import asyncio
@@ -14,39 +14,6 @@ from genloom.queue.worker import _AckWindow
 from queue_helpers import close_connections_named, require_broker
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
-
-
-class _Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: list[bytes] = []
-
-    def write(self, data: Any) -> None:
-        self.writes.append(bytes(data))
-
-    def is_closing(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-
-async def test_corked_writer_joins_the_writes_of_one_loop_iteration() -> None:
-    loop = asyncio.get_running_loop()
-    transport = _Transport()
-    reader = asyncio.StreamReader()
-    writer = amqp.CorkedStreamWriter(transport, asyncio.StreamReaderProtocol(reader), reader, loop)
-    writer.write(b"a")
-    writer.write(b"bc")
-    writer.writelines([b"d", b"e"])
-    assert transport.writes == []  # nothing leaves before the loop turns
-    await asyncio.sleep(0)
-    assert transport.writes == [b"abcde"]
-    writer.write(b"f")
-    await writer.drain()  # drain flushes at once
-    assert transport.writes == [b"abcde", b"f"]
-    await asyncio.sleep(0)
-    assert transport.writes == [b"abcde", b"f"]  # the scheduled flush finds nothing left
 
 
 class _Channel:

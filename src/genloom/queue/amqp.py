@@ -1,24 +1,23 @@
-"""AMQP plumbing shared by the worker and the client: robust connections with coalesced socket writes, and
-publishing many confirmed messages in one frame write.
+"""AMQP plumbing shared by the worker and the client: publishing many confirmed messages in one frame write.
 
-Why (benchmarks/queue_throughput.py, docs/benchmarks.md "Distributed queue"): aiormq writes every frame (each
-publish, each ack) with its own ``transport.write``, i.e. one ``send`` syscall and one TCP segment the broker has
-to read, and ``basic_publish`` costs a lock, two futures and a queue hop per message. Here:
+Why (benchmarks/queue_publish.py, docs/benchmarks.md "Distributed queue"): aiormq's ``basic_publish`` costs a
+lock, a drain future, a confirmation future registered in the channel's future store, and its own socket
+write per message; a worker publishing a batch's responses or a client publishing its next window of
+requests paid that per message (and a task each, to overlap the confirms).
+``publish_batch`` sends N persistent, mandatory messages on the default exchange as one frame write under the
+channel lock and returns N confirmation futures, registered exactly as ``Channel.basic_publish`` registers them
+(delivery tag → future, message id → delivery tag for ``basic.return``), so the broker's acks, nacks and
+returns resolve them the same way, and a channel close rejects them. On an aiormq without those attributes it
+falls back to one ``basic_publish`` task per message.
 
-- ``connect_robust`` opens aio-pika's robust connection through aiormq's ``transport_factory`` hook with a stream
-  writer that *corks* writes: everything written during one event-loop iteration leaves in one
-  ``transport.write`` at the start of the next (``drain``/``close`` flush at once). Same bytes, same order.
-- ``publish_batch`` sends N persistent, mandatory messages on the default exchange as one frame write under the
-  channel lock and returns N confirmation futures, registered exactly as ``Channel.basic_publish`` registers
-  them (delivery tag → future, message id → delivery tag for ``basic.return``), so the broker's acks, nacks,
-  returns resolve them the same way, and a channel close rejects them. On an aiormq without those attributes it falls back
-  to one ``basic_publish`` task per message.
+Writes into aiormq's connection write queue give up when the channel closes (``_put``): aiormq's own
+``write_queue.put`` waits forever when the connection died with a full queue.
 """
 from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any, Awaitable, Iterable, NamedTuple
+from typing import Any, Awaitable, NamedTuple
 
 import aio_pika
 import aiormq
@@ -40,73 +39,11 @@ class Outgoing(NamedTuple):
     headers: dict[str, Any] | None = None
 
 
-# -- corked writes ---------------------------------------------------------------------------------------------
-class CorkedStreamWriter(asyncio.StreamWriter):
-    """A StreamWriter that joins the writes of one loop iteration into one ``transport.write``."""
-
-    def __init__(self, transport: asyncio.BaseTransport, protocol: asyncio.BaseProtocol,
-                 reader: asyncio.StreamReader | None, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(transport, protocol, reader, loop)  # type: ignore[arg-type]
-        self._cork: list[bytes] = []
-        self._cork_loop = loop
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._cork:
-            self._cork_loop.call_soon(self.uncork)
-        self._cork.append(bytes(data))
-
-    def writelines(self, data: Iterable[bytes | bytearray | memoryview]) -> None:
-        for chunk in data:
-            self.write(chunk)
-
-    def uncork(self) -> None:
-        if not self._cork:
-            return
-        data = self._cork[0] if len(self._cork) == 1 else b"".join(self._cork)
-        self._cork = []
-        if not self.transport.is_closing():
-            super().write(data)
-
-    async def drain(self) -> None:
-        self.uncork()
-        await super().drain()
-
-    def write_eof(self) -> None:
-        self.uncork()
-        super().write_eof()
-
-    def close(self) -> None:
-        self.uncork()
-        super().close()
-
-
-class CorkedTransportFactory(aiormq.connection.TransportFactory):  # type: ignore[misc]
-    """aiormq's TCP/TLS transport with a CorkedStreamWriter (asyncio.open_connection, with another writer)."""
-
-    async def create(self, url: Any, **kwargs: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        provider = kwargs.pop("ssl_context_provider", None)
-        ssl = await provider.get_context() if url.scheme == "amqps" and provider is not None else None
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=2 ** 16, loop=loop)
-        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-        try:
-            transport, _ = await loop.create_connection(lambda: protocol, url.host, url.port, ssl=ssl, **kwargs)
-        except OSError as e:
-            raise aiormq.exceptions.AMQPConnectionError(*e.args) from e
-        return reader, CorkedStreamWriter(transport, protocol, reader, loop)
-
-
-class _CorkedRobustConnection(aio_pika.RobustConnection):
-    def __init__(self, url: Any, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
-        super().__init__(url, loop=loop, **kwargs)
-        self.kwargs["transport_factory"] = CorkedTransportFactory()  # aio-pika passes kwargs on to aiormq
-
-
+# -- connections ------------------------------------------------------------------------------------------------
 async def connect_robust(url: str, *, name: str, reconnect_interval: float = 1.0
                          ) -> aio_pika.abc.AbstractRobustConnection:
-    """``aio_pika.connect_robust`` with corked writes (plain aio-pika where aiormq has no transport hook)."""
-    cls = _CorkedRobustConnection if hasattr(aiormq.connection, "TransportFactory") else aio_pika.RobustConnection
-    return await aio_pika.connect_robust(url, reconnect_interval=reconnect_interval, connection_class=cls,
+    """aio-pika's robust connection (reconnects, restores channels and queues), named for the broker's UI."""
+    return await aio_pika.connect_robust(url, reconnect_interval=reconnect_interval,
                                          client_properties={"connection_name": name})
 
 

@@ -17,7 +17,7 @@ A message whose channel died before it finished is dropped here: the broker has 
 Per-message cost (what the throughput benchmark measures): deliveries arrive through a raw aiormq consumer
 (re-registered by the robust channel's reopen callback after every reconnect); a batch's responses go out in
 one frame write (``amqp.publish_batch``) and are acked with one ``multiple=True`` ack up to the contiguous
-watermark of finished deliveries (``_AckWindow``); socket writes are coalesced per loop iteration.
+watermark of finished deliveries (``_AckWindow``).
 """
 from __future__ import annotations
 
