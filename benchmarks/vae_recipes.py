@@ -1,7 +1,7 @@
 """Search for a better 10-epoch VAE recipe at the issue's fixed settings (batch 128, peak lr 1e-3, lecture MLP).
 
 A compact copy of the Trainer's VAE loop (AdamW fused, wsd schedule, shuffled 55,000 training images, the
-recipe's output-bias init, bf16 training matmuls unless ``"bf16": false``) with knobs the recipe does not expose,
+recipe's output-bias init, oneDNN bf16 matmuls unless ``"bf16": false``) with knobs the recipe does not expose,
 so that many variants run quickly; each prints one JSON line with the test and validation −ELBO
 (`genloom.eval.elbo`, one z per image, seed 0). The ELBO does not depend on machine load.
 
@@ -23,6 +23,7 @@ from genloom.data.images import load_images
 from genloom.eval.elbo import evaluate_vae
 from genloom.models.vae import VAE, VAEConfig
 from genloom.train.allocator import keep_freed_memory
+from genloom.train.precision import matmul_precision
 
 keep_freed_memory()
 torch.set_num_threads(1)
@@ -35,11 +36,10 @@ MEAN = TRAIN.mean(0)
 def nelbo(m: VAE, x: torch.Tensor, center: torch.Tensor | None, *, eval_seed: int = 0) -> torch.Tensor:
     """Per-image −ELBO with one z; the encoder sees x − center when given."""
     g = torch.Generator().manual_seed(eval_seed) if not m.training else None
-    lp = m.autocast_dtype if m.training else None
-    mu, logvar = m._heads(x if center is None else x - center, lp)
+    mu, logvar = m.encode(x if center is None else x - center)
     eps = torch.randn(mu.shape, generator=g) if g is not None else torch.randn_like(mu)
     z = mu + torch.exp(0.5 * logvar) * eps
-    recon = -m.log_px_given_z(m._decode_logits_lowp(z, None, lp), x)
+    recon = -m.log_px_given_z(m.decode_logits(z), x)
     kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1)
     return recon + kl
 
@@ -67,7 +67,6 @@ def run(v: dict) -> dict:
         if v.get("logvar0"):
             m.fc_logvar.weight.mul_(v["logvar0"])
             m.fc_logvar.bias.zero_()
-    m.autocast_dtype = torch.bfloat16 if v.get("bf16", True) else None
     center = MEAN if v.get("center") else None
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3, betas=(v.get("b1", 0.9), v.get("b2", 0.99)), weight_decay=0,
                             fused=True)
@@ -79,6 +78,8 @@ def run(v: dict) -> dict:
     gen = torch.Generator().manual_seed(0)
     step, t = 0, time.time()
     m.train()
+    prec = matmul_precision("bf16" if v.get("bf16", True) else "ieee")
+    prec.__enter__()
     for _ in range(epochs):
         order = torch.randperm(len(data), generator=gen)
         for b in range(spe):
@@ -95,8 +96,8 @@ def run(v: dict) -> dict:
             if ema is not None:
                 d = min(v["ema"], (1 + step) / (10 + step))
                 torch._foreach_lerp_(ema, [p.detach() for p in m.parameters()], 1 - d)
+    prec.__exit__(None, None, None)  # evaluation in exact fp32
     res = {"variant": v, "train_s": round(time.time() - t, 1)}
-    m.autocast_dtype = None
     res["test"] = round(test_nelbo(m, SPLITS.test.images, center), 2)
     res["val"] = round(test_nelbo(m, SPLITS.val.images, center), 2)
     if ema is not None:

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genloom.models import lowp
 from genloom.models.base import GenerativeModel, LossOutput
 
 LOG_2PI = math.log(2 * math.pi)
@@ -65,7 +64,6 @@ class VAE(GenerativeModel):
         self.decoder = _mlp([c.latent + c.num_classes, *c.dec_hidden, c.x_dim], act)  # → logits
         if c.likelihood == "gaussian":
             self.log_sigma = nn.Parameter(torch.zeros(()))
-        self.autocast_dtype: torch.dtype | None = None  # bf16 training matmuls when set (not exported)
 
     @classmethod
     def upgrade_config(cls, d: dict[str, Any]) -> dict[str, Any]:
@@ -94,27 +92,14 @@ class VAE(GenerativeModel):
         y = self._onehot(labels, len(x))
         if y is not None:
             h = torch.cat([h, y], dim=1)  # (B, 784 + C)
-        return self._heads(h, None)
-
-    def _heads(self, h: torch.Tensor, dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoder trunk then the (μ, log σ²) heads; with ``dtype`` the matmuls run in it (lowp.run)."""
-        h = lowp.run(self.encoder, h, dtype)
-        return lowp.run(self.fc_mu, h, dtype).float(), lowp.run(self.fc_logvar, h, dtype).float()
+        h = self.encoder(h)
+        return self.fc_mu(h), self.fc_logvar(h)
 
     def decode_logits(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         y = self._onehot(labels, len(z))
         if y is not None:
             z = torch.cat([z, y], dim=-1)  # (..., latent + C)
         return self.decoder(z)  # (..., 784)
-
-    def _decode_logits_lowp(self, z: torch.Tensor, labels: torch.Tensor | None,
-                            dtype: torch.dtype | None) -> torch.Tensor:
-        if dtype is None:
-            return self.decode_logits(z, labels)
-        y = self._onehot(labels, len(z))
-        if y is not None:
-            z = torch.cat([z, y], dim=-1)
-        return lowp.run(self.decoder, z, dtype).float()  # (B, 784) logits back in float32
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Mean image in [0, 1], shape (B, 1, 28, 28)."""
@@ -140,13 +125,10 @@ class VAE(GenerativeModel):
     def loss(self, batch: Any) -> LossOutput:
         x, labels = batch
         x = x.reshape(len(x), -1)  # (B, 784) in [0, 1]
-        # Training matmuls in bf16 when set (lowp.py: fp32 master weights, fp32 likelihood and KL); eval is fp32.
-        lp = self.autocast_dtype if self.training else None
-        y = self._onehot(labels, len(x))
-        mu, logvar = self._heads(x if y is None else torch.cat([x, y], dim=1), lp)  # (B, latent) each, fp32
+        mu, logvar = self.encode(x, labels)  # (B, latent) each
         # Reparameterization: z = μ + σ ⊙ ε, ε ~ N(0, I), so the gradient flows through μ and σ
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        logits = self._decode_logits_lowp(z, labels, lp)  # (B, 784), fp32
+        logits = self.decode_logits(z, labels)  # (B, 784)
         recon = -self.log_px_given_z(logits, x)  # (B,)  -E_q[log p(x|z)], 1 sample, in float32
         # KL(q(z|x) || N(0, I)) = -½ Σ (1 + log σ² - μ² - σ²)   (Kingma & Welling 2014, Appendix B)
         kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1)  # (B,)

@@ -48,6 +48,9 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--checkpoint-every": ("checkpoint_every", int, "write checkpoints/last.pt every N epochs"),
     "--log-every": ("log_every", int, "write a metrics.jsonl record every N steps"),
     "--seed": ("seed", int, "random seed (data order, initialisation, noise)"),
+    "--matmul-precision": ("matmul_precision", str, "float32 matmuls: ieee (exact), bf16 (oneDNN rounds the inputs "
+                           "to bf16, fp32 accumulation; fast on AMX CPUs) or auto (bf16 where the CPU has AMX/"
+                           "AVX512-BF16)"),
 }
 
 

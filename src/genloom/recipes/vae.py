@@ -17,7 +17,8 @@ from genloom.recipes.images import add_dataset_args, load_splits, sample_grid_ca
 
 HELP = "variational autoencoder (MLP 784→400→20; β-VAE, conditional)"
 DEFAULTS: dict[str, Any] = {"epochs": 10, "batch_size": 128, "lr": 1e-3, "schedule": "wsd", "betas": (0.9, 0.99),
-                            "min_lr_ratio": 0.0, "weight_decay": 0.0}
+                            "min_lr_ratio": 0.0, "weight_decay": 0.0,
+                            "matmul_precision": "auto"}
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"_doc": "3 epochs, for a first look", "epochs": 3},
     "lecture-large": {"_doc": "decoder 20→400→800→784", "dec_hidden": "400,800"},
@@ -46,9 +47,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="conditional VAE: the class label goes into encoder and decoder")
     g.add_argument("--activation", choices=("silu", "relu"), default=None,
                    help="hidden activation (default silu; relu is the lecture's original)")
-    g.add_argument("--amp", choices=("bf16", "off"), default=None,
-                   help="bf16 training matmuls with float32 master weights, likelihood and KL (models/lowp.py); "
-                        "default off: at this model size fp32 measured faster (docs/benchmarks.md)")
 
 
 def config_from_args(args: argparse.Namespace, num_classes: int) -> VAEConfig:
@@ -69,8 +67,6 @@ def build(args: argparse.Namespace, tcfg) -> Built:
     cfg = config_from_args(args, num_classes=10)
     model = VAE(cfg)
     model.init_output_bias(splits.train.images.float().mean(0).div(255))  # (28, 28) mean image in [0, 1]
-    amp = preset_value(args, sys.modules[__name__], "amp", "off")
-    model.autocast_dtype = torch.bfloat16 if amp == "bf16" else None
     labels = torch.arange(100) % 10 if cfg.num_classes else None
 
     def after(path: Path, trainer) -> dict[str, Any]:
@@ -81,8 +77,7 @@ def build(args: argparse.Namespace, tcfg) -> Built:
         model=model,
         train=ImageBatches(splits.train, tcfg.batch_size),
         val=ImageBatches(splits.val, 1000, shuffle=False),
-        provenance={"dataset": splits.dataset, "train_images": len(splits.train),
-                    "train_matmuls": "bf16" if model.autocast_dtype is not None else "fp32"},
+        provenance={"dataset": splits.dataset, "train_images": len(splits.train)},
         on_epoch_end=[sample_grid_callback(100 if labels is not None else 64, labels=labels)],
         after=after,
     )

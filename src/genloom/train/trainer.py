@@ -23,6 +23,8 @@ from genloom.models.base import GenerativeModel, LossOutput
 from genloom.train.allocator import keep_freed_memory
 from genloom.train.checkpoint import load_checkpoint, save_checkpoint
 from genloom.train.metrics import MetricsLog, plot_loss_curve
+from genloom.train.precision import CHOICES as PRECISIONS
+from genloom.train.precision import matmul_precision
 from genloom.train.schedules import SCHEDULES, lr_factor
 
 
@@ -49,10 +51,14 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     progress: bool = True
+    matmul_precision: str = "ieee"  # ieee | bf16 | auto: float32 matmuls exact or in bf16 on oneDNN (precision.py)
 
     def __post_init__(self) -> None:
         if self.epochs is None and self.steps is None and self.time_budget is None:
             raise ValueError("give --epochs, --steps or --time-budget")
+        if self.matmul_precision not in PRECISIONS:
+            raise ValueError(f"matmul_precision must be one of {', '.join(PRECISIONS)}, "
+                             f"not {self.matmul_precision!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         for name in ("epochs", "steps", "batch_size", "log_every", "checkpoint_every"):
@@ -242,6 +248,11 @@ class Trainer:
         return self.finish()
 
     def _loop(self) -> None:
+        with matmul_precision(self.cfg.matmul_precision) as used:
+            self.provenance["matmul_precision"] = used
+            self._train_until_done()
+
+    def _train_until_done(self) -> None:
         self.model.train()
         t0 = time.monotonic()
         max_epochs = self.cfg.epochs if self.cfg.epochs is not None else 10**9
