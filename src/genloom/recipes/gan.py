@@ -30,8 +30,8 @@ LOSS_DEFAULTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
                 {"arch": "conv", "dim": 32, "kernel": 4, "n_critic": 5, "gp_weight": 10.0}),
     "hinge": ({"batch_size": 64, "lr": 2e-4, "betas": (0.5, 0.9)},
               {"arch": "conv", "dim": 32, "kernel": 4, "n_critic": 2, "gp_weight": 0.0}),
-    "r3gan": ({"batch_size": 64, "lr": 2e-4, "betas": (0.0, 0.99)},
-              {"arch": "conv", "dim": 32, "kernel": 4, "n_critic": 1, "gp_weight": 0.1}),
+    "r3gan": ({"batch_size": 64, "lr": 2e-4, "betas": (0.0, 0.99)},  # gen_norm batch: 30-min FID 16.3 vs 42.3
+              {"arch": "conv", "dim": 32, "kernel": 4, "n_critic": 1, "gp_weight": 0.1, "gen_norm": "batch"}),
 }
 DEFAULTS: dict[str, Any] = {**BASE, **LOSS_DEFAULTS[DEFAULT_LOSS][0]}
 MODEL_FIELDS = ("arch", "loss", "latent", "dim", "kernel", "critic_norm", "gen_norm", "n_critic", "gp_weight", "ema_kimg")
@@ -69,7 +69,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gp-weight", type=float, default=None, help="wgan-gp: λ (10); r3gan: γ of R1 + R2")
     g.add_argument("--critic-norm", choices=("none", "layer"), default=None, help="critic normalization")
     g.add_argument("--gen-norm", choices=("none", "batch"), default=None,
-                   help="conv generator normalization (batch = DCGAN's batch norm; default none)")
+                   help="conv generator normalization: batch (DCGAN's batch norm; the r3gan default) or none")
     g.add_argument("--ema-kimg", type=float, default=None,
                    help="EMA half-life cap in thousands of images (default 10; 0 = no EMA)")
     g.add_argument("--conditional", action="store_true", default=None, help="condition on the class label")
