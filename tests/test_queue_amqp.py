@@ -10,14 +10,14 @@ import pytest
 from pamqp import commands as spec
 
 from genloom.queue import amqp
-from genloom.queue.worker import _AckWindow
+from genloom.queue.flow import AckWindow as _AckWindow
 from queue_helpers import close_connections_named, require_broker
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
 
 class _Channel:
-    """What _AckWindow / ack_nowait use of an aiormq channel; records the ack frames."""
+    """What AckWindow / amqp.ack use of an aiormq channel; records the ack frames."""
 
     def __init__(self) -> None:
         self.is_closed = False

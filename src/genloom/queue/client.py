@@ -26,7 +26,7 @@ import aiormq
 from genloom.errors import GenloomError
 from genloom.queue import amqp
 from genloom.queue import messages as m
-from genloom.queue.worker import CONNECTION_ERRORS, publish, redact
+from genloom.queue.amqp import CONNECTION_ERRORS, publish, redact
 
 
 class QueueTimeout(GenloomError):
@@ -60,8 +60,7 @@ class QueueClient:
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._channel: aio_pika.abc.AbstractRobustChannel | None = None
         self._queue: aio_pika.abc.AbstractQueue | None = None
-        self._consumer_tag = f"genloom-client.{uuid.uuid4().hex[:12]}"
-        self._consuming = False
+        self._consumer: amqp.RobustConsumers | None = None
         self._ack_channel: Any = None  # the raw channel of the newest unacked response, and its tag
         self._ack_tag = 0
         self._ack_scheduled = False
@@ -75,68 +74,29 @@ class QueueClient:
         await self.close()
 
     async def connect(self) -> None:
-        try:
-            self._connection = await amqp.connect_robust(self.url, name=self.name)
-        except (OSError, aiormq.exceptions.AMQPError) as e:
-            raise GenloomError(f"cannot connect to RabbitMQ at {redact(self.url)} ({e or type(e).__name__}); "
-                               f"is the broker running and the URL right (amqp://user:pass@host:5672/)?") from None
+        self._connection = await amqp.connect_robust(self.url, name=self.name)
         self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)  # type: ignore
         await self._channel.set_qos(prefetch_count=self.prefetch)
         self._queue = await self._declare()
-        # raw aiormq consumer; the robust channel re-declares the reply queue after a reconnect, then calls this
-        self._channel.reopen_callbacks.add(self._on_reopen)
-        self._consuming = True
-        await self._consume()
+        self._consumer = amqp.RobustConsumers(self._channel, self._declare, retry_s=0.5)
+        self._consumer.add(f"genloom-client.{uuid.uuid4().hex[:12]}", self.reply_queue, self._on_response)
+        await self._consumer.start()
 
     async def _declare(self) -> aio_pika.abc.AbstractQueue:
         assert self._channel is not None
         return await self._channel.declare_queue(
             self.reply_queue, durable=True, arguments={"x-expires": int(self.reply_ttl_s * 1000)})
 
-    async def _consume(self) -> None:
-        assert self._channel is not None
-        raw = await self._channel.get_underlay_channel()
-        raw.on_consumer_cancel_callbacks.add(self._on_cancel)
-        if self._consuming and self._consumer_tag not in raw.consumers:
-            await raw.basic_consume(self.reply_queue, self._on_response, consumer_tag=self._consumer_tag)
-
-    def _on_cancel(self, frame: Any) -> None:
-        """The broker cancelled our consumer (the reply queue was deleted): declare it again and consume."""
-        if self._consuming and frame.consumer_tag == self._consumer_tag:
-            task = asyncio.ensure_future(self._recover())
-            self._acks.add(task)
-            task.add_done_callback(self._acks.discard)
-
-    async def _recover(self) -> None:
-        while self._consuming:
-            await asyncio.sleep(0.5)
-            try:
-                await self._declare()
-                await self._consume()
-                return
-            except (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError):
-                pass
-
-    async def _on_reopen(self, _channel: Any) -> None:
-        try:
-            await self._consume()
-        except CONNECTION_ERRORS:
-            pass  # the channel died again: the next reopen consumes
-
     async def close(self) -> None:
         if self._connection is None:
             return
-        self._consuming = False
         self._flush_acks()
         if self._acks:
             await asyncio.gather(*list(self._acks), return_exceptions=True)
-        if self._channel is not None:
-            self._channel.reopen_callbacks.discard(self._on_reopen)
+        if self._consumer is not None:
+            await self._consumer.stop()
         if self._queue is not None:
             try:
-                raw = await asyncio.wait_for(self._channel.get_underlay_channel(), 5)  # type: ignore[union-attr]
-                if self._consumer_tag in raw.consumers:
-                    await raw.basic_cancel(self._consumer_tag, timeout=5)
                 await asyncio.wait_for(self._queue.delete(if_unused=False, if_empty=False), 5)
             except (*CONNECTION_ERRORS, asyncio.CancelledError):
                 pass  # it expires by itself after reply_ttl_s
@@ -394,18 +354,4 @@ class QueueClient:
         if ch is None or not tag or ch.is_closed:
             return  # the channel died: the broker redelivers those responses; duplicates are counted
         self._ack_tag = 0  # acked up to here; the next response on this channel has a higher tag
-        try:
-            pending = amqp.ack_nowait(ch, tag, multiple=True)
-        except CONNECTION_ERRORS:
-            return  # the channel died: the broker redelivers those responses; duplicates are counted
-        if pending is not None:  # the write queue is full: finish queueing the ack in a task
-            task = asyncio.ensure_future(self._finish_ack(pending))
-            self._acks.add(task)
-            task.add_done_callback(self._acks.discard)
-
-    @staticmethod
-    async def _finish_ack(pending: Any) -> None:
-        try:
-            await pending
-        except CONNECTION_ERRORS:
-            pass
+        amqp.ack(ch, tag, multiple=True, tasks=self._acks)

@@ -17,33 +17,32 @@ A message whose channel died before it finished is dropped here: the broker has 
 Per-message cost (what the throughput benchmark measures): deliveries arrive through a raw aiormq consumer
 (re-registered by the robust channel's reopen callback after every reconnect); a batch's responses go out in
 one frame write (``amqp.publish_batch``) and are acked with one ``multiple=True`` ack up to the contiguous
-watermark of finished deliveries (``_AckWindow``).
+watermark of finished deliveries (``AckWindow``).
 """
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import functools
 import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable
 
 import aio_pika
 import aiormq
 
 from genloom.errors import GenloomError
 from genloom.queue import amqp
+from genloom.queue.amqp import CONNECTION_ERRORS, publish
+from genloom.queue.flow import AckWindow, Batcher
 from genloom.queue import messages as m
 from genloom.queue.metrics import WorkerMetrics
 from genloom.queue.runner import ModelRunner
 
 log = logging.getLogger("genloom.queue.worker")
 PUBLISH_TIMEOUT_S = 15.0  # a reply or retry not confirmed by then is given up: its request stays unacked
-CONNECTION_ERRORS = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, ConnectionError,
-                     asyncio.TimeoutError, RuntimeError)
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ class _Item:
     """One delivered request: the raw aiormq delivery and what the worker needs of it."""
     msg: aiormq.abc.DeliveredMessage
     t0: float
-    window: "_AckWindow"
+    window: AckWindow
     req: m.Request | None = None
 
     @property
@@ -94,141 +93,6 @@ class _Item:
         return not self.window.channel.is_closed
 
 
-class _AckWindow:
-    """The delivery tags of one channel, in delivery order; acks finished ones in as few frames as is safe.
-
-    ``finish(tag)`` marks a message done; on the next loop iteration the longest prefix of done messages is acked
-    with one ``basic.ack(multiple=True)`` of its last tag, so a multiple ack never covers a message still in
-    flight (every delivered message ends in ``finish`` — this worker never nacks — or stays unacked until its
-    channel dies and the broker requeues it). Done messages behind one still in flight (a slow retry publish)
-    are acked one by one after ``straggler_s``, so they do not wait for it. A tag is acked exactly once.
-    """
-
-    def __init__(self, channel: aiormq.abc.AbstractChannel, *, straggler_s: float = 0.2) -> None:
-        self.channel = channel
-        self.order: collections.deque[int] = collections.deque()  # delivered, not yet acked
-        self.done: set[int] = set()
-        self.straggler_s = straggler_s
-        self._scheduled = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def delivered(self, tag: int) -> None:
-        self.order.append(tag)
-
-    def finish(self, tag: int) -> None:
-        self.done.add(tag)
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
-
-    def flush(self) -> None:
-        self._scheduled = False
-        self._ack_prefix()
-        if self.done and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.straggler_s, self._stragglers)
-
-    def _ack_prefix(self) -> None:
-        last = None
-        order, done = self.order, self.done
-        while order and order[0] in done:
-            last = order.popleft()
-            done.discard(last)
-        if last is not None:
-            self._send(last, multiple=True)
-
-    def _stragglers(self) -> None:
-        self._timer = None
-        self._ack_prefix()
-        for tag in sorted(self.done):  # still behind an unfinished message: ack each on its own
-            self.order.remove(tag)
-            self._send(tag, multiple=False)
-        self.done.clear()
-
-    def _send(self, tag: int, *, multiple: bool) -> None:
-        try:
-            pending = amqp.ack_nowait(self.channel, tag, multiple=multiple)
-        except CONNECTION_ERRORS:
-            return  # the channel died: the broker requeued everything unacked on it
-        if pending is not None:  # the connection's write queue is full: finish queueing it in a task
-            task = asyncio.ensure_future(self._finish_ack(pending))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    @staticmethod
-    async def _finish_ack(pending: Awaitable[None]) -> None:
-        try:
-            await pending
-        except CONNECTION_ERRORS:
-            pass
-
-    async def close(self) -> None:
-        """Ack everything finished now (graceful stop), and wait until those acks are written."""
-        if self._timer is not None:
-            self._timer.cancel()
-        self._stragglers()
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
-
-class _Batcher:
-    """Up to ``size`` items, or ``timeout`` seconds after the oldest arrived; ``concurrency`` batches in flight."""
-
-    def __init__(self, handle: Callable[[list[_Item]], Awaitable[None]], *, size: int, timeout: float,
-                 concurrency: int) -> None:
-        self.handle, self.size, self.timeout = handle, size, timeout
-        self.items: collections.deque[_Item] = collections.deque()
-        self.nonempty, self.full = asyncio.Event(), asyncio.Event()
-        self.slots = asyncio.Semaphore(concurrency)
-        self.tasks: set[asyncio.Task[None]] = set()
-        self._loop_task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._loop_task = asyncio.create_task(self._loop())
-
-    def put(self, item: _Item) -> None:
-        self.items.append(item)
-        self.nonempty.set()
-        if len(self.items) >= self.size:
-            self.full.set()
-
-    async def _loop(self) -> None:
-        while True:
-            await self.slots.acquire()
-            await self.nonempty.wait()
-            remaining = self.items[0].t0 + self.timeout - time.monotonic()
-            if len(self.items) < self.size and remaining > 0:
-                try:
-                    await asyncio.wait_for(self.full.wait(), remaining)
-                except asyncio.TimeoutError:
-                    pass
-            batch = [self.items.popleft() for _ in range(min(self.size, len(self.items)))]
-            if not self.items:
-                self.nonempty.clear()
-            if len(self.items) < self.size:
-                self.full.clear()
-            task = asyncio.create_task(self._run(batch))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-
-    async def _run(self, batch: list[_Item]) -> None:
-        try:
-            await self.handle(batch)
-        except Exception:  # never lose the loop; the messages stay unacked and come back
-            log.exception("batch handler failed")
-        finally:
-            self.slots.release()
-
-    async def drain(self) -> None:
-        while self.items or self.tasks:
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        if self._loop_task:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
-
-
 class QueueWorker:
     """One worker process's consumer. ``await start()``, then ``await stop()`` finishes in-flight work."""
 
@@ -238,13 +102,11 @@ class QueueWorker:
         self.runners: dict[str, ModelRunner] = {}
         self.connection: aio_pika.abc.AbstractRobustConnection | None = None
         self.channel: aio_pika.abc.AbstractRobustChannel | None = None
-        self._tags: dict[str, str] = {}  # model -> consumer tag (the same tag again after a reconnect)
-        self._consuming = False
-        self._recovery: asyncio.Task[None] | None = None
-        self._batchers: dict[str, _Batcher] = {}
+        self._consumers: amqp.RobustConsumers | None = None
+        self._batchers: dict[str, Batcher] = {}
         self._executors: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
-        self._window: _AckWindow | None = None
-        self._windows: list[_AckWindow] = []
+        self._window: AckWindow | None = None
+        self._windows: list[AckWindow] = []
         self._side: set[asyncio.Task[None]] = set()
         self.stopped = asyncio.Event()
 
@@ -256,29 +118,23 @@ class QueueWorker:
                 1, thread_name_prefix=f"model-{name}", initializer=_thread_setup, initargs=(cfg.threads,))
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_port, host=cfg.metrics_host)
-        try:
-            self.connection = await amqp.connect_robust(cfg.url, name=cfg.name)
-        except (OSError, aiormq.exceptions.AMQPError) as e:
-            raise GenloomError(f"cannot connect to RabbitMQ at {redact(cfg.url)} ({e or type(e).__name__}); "
-                               f"is the broker running and the URL right (amqp://user:pass@host:5672/)?") from None
+        self.connection = await amqp.connect_robust(cfg.url, name=cfg.name)
         self.channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)  # type: ignore
         await self.channel.set_qos(prefetch_count=cfg.prefetch)
+        self._consumers = amqp.RobustConsumers(self.channel, self._declare_all)
         for name in cfg.models:
             try:
                 await self._declare(name)
             except aiormq.exceptions.ChannelPreconditionFailed as e:
                 raise GenloomError(f"queue {m.queue_name(name)} exists with other settings ({e}); delete it "
                                    f"(rabbitmqctl delete_queue {m.queue_name(name)}) and start again") from None
-            batcher = _Batcher(functools.partial(self._process, name), size=cfg.batch_size,
+            batcher = Batcher(functools.partial(self._process, name), size=cfg.batch_size,
                                timeout=cfg.batch_timeout_ms / 1000, concurrency=cfg.concurrency)
             batcher.start()
             self._batchers[name] = batcher
-            self._tags[name] = f"{cfg.name}.{name}.{uuid.uuid4().hex[:12]}"
-        # Raw aiormq consumers (no aio-pika IncomingMessage and its extra task per delivery). The robust channel
-        # re-declares the queues after a reconnect and then calls its reopen callbacks: consume again there.
-        self.channel.reopen_callbacks.add(self._on_reopen)
-        self._consuming = True
-        await self._consume()
+            self._consumers.add(f"{cfg.name}.{name}.{uuid.uuid4().hex[:12]}", m.queue_name(name),
+                                functools.partial(self._on_message, name))
+        await self._consumers.start()  # raw aiormq consumers, kept consuming across reconnects (amqp.py)
         log.info("worker %s consuming %s", cfg.name, ", ".join(m.queue_name(n) for n in cfg.models))
 
     async def _declare(self, name: str) -> None:
@@ -287,56 +143,14 @@ class QueueWorker:
         await self.channel.declare_queue(m.queue_name(name), durable=True, arguments={
             "x-dead-letter-exchange": "", "x-dead-letter-routing-key": m.dead_letter_queue(name)})
 
-    async def _consume(self) -> None:
-        assert self.channel is not None
-        raw = await self.channel.get_underlay_channel()
-        raw.on_consumer_cancel_callbacks.add(self._on_cancel)
-        for name, tag in self._tags.items():
-            if self._consuming and tag not in raw.consumers:
-                await raw.basic_consume(m.queue_name(name), functools.partial(self._on_message, name),
-                                        consumer_tag=tag)
-
-    def _on_cancel(self, frame: Any) -> None:
-        """The broker cancelled a consumer (its queue was deleted): declare the queues again and consume."""
-        if not self._consuming or frame.consumer_tag not in self._tags.values():
-            return
-        log.warning("the broker cancelled consumer %s (queue deleted?); declaring it again", frame.consumer_tag)
-        if self._recovery is None or self._recovery.done():
-            self._recovery = asyncio.ensure_future(self._recover())
-
-    async def _recover(self) -> None:
-        while self._consuming:
-            await asyncio.sleep(1.0)
-            try:
-                for name in self._tags:
-                    await self._declare(name)
-                await self._consume()
-                log.info("consuming again after the broker cancelled a consumer")
-                return
-            except (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError) as e:
-                log.warning("could not consume again yet (%r); retrying", e)
-
-    async def _on_reopen(self, _channel: Any) -> None:
-        try:
-            await self._consume()
-            log.info("consuming again after a reconnect")
-        except CONNECTION_ERRORS as e:  # the channel died again: the next reopen consumes
-            log.warning("could not consume after a reconnect (%r)", e)
+    async def _declare_all(self) -> None:
+        for name in self.config.models:
+            await self._declare(name)
 
     async def stop(self) -> None:
         """Stop consuming, finish and ack what was delivered, close the connection."""
-        self._consuming = False
-        if self._recovery is not None:
-            self._recovery.cancel()
-        if self.channel is not None:
-            self.channel.reopen_callbacks.discard(self._on_reopen)
-            try:
-                raw = await asyncio.wait_for(self.channel.get_underlay_channel(), 5)
-                for tag in self._tags.values():
-                    if tag in raw.consumers:
-                        await raw.basic_cancel(tag, timeout=5)
-            except (*CONNECTION_ERRORS, asyncio.CancelledError):
-                pass
+        if self._consumers is not None:
+            await self._consumers.stop()
         await asyncio.sleep(0.05)  # deliveries already read from the socket reach _on_message
         try:
             await asyncio.wait_for(self._drain(), 2 * PUBLISH_TIMEOUT_S)
@@ -363,10 +177,10 @@ class QueueWorker:
             await w.close()
 
     # -- per message ------------------------------------------------------------------------------------------
-    def _window_of(self, channel: aiormq.abc.AbstractChannel) -> _AckWindow:
+    def _window_of(self, channel: aiormq.abc.AbstractChannel) -> AckWindow:
         w = self._window
         if w is None or w.channel is not channel:
-            w = self._window = _AckWindow(channel)
+            w = self._window = AckWindow(channel)
             self._windows = [x for x in self._windows if not x.channel.is_closed] + [w]
         return w
 
@@ -512,33 +326,3 @@ def _thread_setup(threads: int) -> None:
     torch = sys.modules.get("torch")  # the numpy backend never imports torch
     if torch is not None:
         torch.set_num_threads(threads)
-
-
-async def publish(channel: aio_pika.abc.AbstractChannel, routing_key: str, body: bytes, *,
-                  correlation_id: str | None = None, reply_to: str | None = None, message_id: str | None = None,
-                  headers: dict[str, Any] | None = None, timeout: float | None = None) -> None:
-    """Persistent, mandatory publish on the default exchange; returns once the broker confirmed it.
-
-    Goes straight to the aiormq channel under the robust aio-pika one (``amqp.publish_batch``): the same frames
-    as ``default_exchange.publish(Message(...))`` for less client CPU per message (benchmarks/queue_publish.py).
-    Raises aiormq's PublishError when no queue has that name, connection errors when the channel is down,
-    asyncio.TimeoutError when not confirmed within ``timeout`` seconds.
-    """
-    raw = await asyncio.wait_for(channel.get_underlay_channel(), timeout)
-    (fut,) = await amqp.publish_batch(raw, [amqp.Outgoing(routing_key, body, correlation_id=correlation_id,
-                                                          reply_to=reply_to, message_id=message_id,
-                                                          headers=headers)])
-    try:
-        await asyncio.wait_for(fut, timeout)
-    except asyncio.TimeoutError:
-        fut.cancel()
-        raise
-
-
-def redact(url: str) -> str:
-    """amqp://user:secret@host/ → amqp://user:***@host/ (never print a password)."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        cred, host = rest.rsplit("@", 1)
-        return f"{scheme}://{cred.split(':', 1)[0]}:***@{host}"
-    return url
