@@ -107,6 +107,7 @@ class Trainer:
         self._last_val_step = -1
         self.losses: list[float] = []
         self._stop_reason: str | None = None
+        self._length_spent = False  # stopped because the steps or the time budget ran out (not a request)
         resume_step = self._resume() if resume else None
         self.log = MetricsLog(self.out / "metrics.jsonl", resume_step=resume_step)
 
@@ -216,9 +217,10 @@ class Trainer:
         if self._stop_reason:
             return True
         if self.total_steps is not None and self.step >= self.total_steps:
-            self._stop_reason = "done"
+            self._stop_reason, self._length_spent = "done", True
         elif self.cfg.time_budget is not None and self.elapsed + time.monotonic() - t0 >= self.cfg.time_budget:
             self._stop_reason = f"time budget of {self.cfg.time_budget:g} s spent"
+            self._length_spent = True
         return self._stop_reason is not None
 
     def fit(self) -> Path:
@@ -305,9 +307,12 @@ class Trainer:
                         self._checkpoint(t0)
                     continue
                 break  # stopped mid-epoch
-            if (self.val_src is not None and self.cfg.val_every and self._last_val_step != self.step
-                    and self._stop_reason is not None and not self._stop_reason.startswith("interrupted")):
-                self.validate()  # score the final steps too, so they can be the ones exported
+            stop = self._stop_reason or ""
+            unscored = self.val_src is not None and self._last_val_step != self.step
+            if unscored and (self._length_spent or (self.cfg.val_every and stop and not stop.startswith("interrupted"))):
+                # score the final steps too, so they can be the ones exported: a time budget ends mid-epoch, just
+                # after the schedule has annealed the LR, and those last steps are usually the best ones
+                self.validate()
             self._checkpoint(t0)
         finally:
             bar.close()
