@@ -13,8 +13,9 @@ from starlette.routing import BaseRoute, Route
 
 from genloom.engine.base import InputError, check_images, check_labels
 from genloom.serve import edge
-from genloom.serve import logs, validation
-from genloom.serve.batcher import DeadlineExceeded, Overloaded
+from genloom.serve import logs
+from genloom.core import requests as validation
+from genloom.core.batcher import DeadlineExceeded, Overloaded
 from genloom.serve.encode import MEDIA, encode_images
 from genloom.serve.openapi import docs_html, openapi_spec
 from genloom.serve.service import ModelService, Server

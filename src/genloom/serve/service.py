@@ -8,7 +8,7 @@ import logging
 import time
 from typing import Any
 
-from genloom.serve.batcher import Batcher, Entry
+from genloom.core.batcher import Batcher, Entry
 from genloom.serve.config import ModelSpec, ServerConfig
 from genloom.serve.metrics import Metrics
 from genloom.serve.supervisor import Supervisor

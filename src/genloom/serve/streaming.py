@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from genloom.serve import edge
-from genloom.serve.batcher import DeadlineExceeded, Overloaded
+from genloom.core.batcher import DeadlineExceeded, Overloaded
 from genloom.serve.workers import InputRejected, WorkerUnavailable
 
 

@@ -10,9 +10,10 @@ from typing import Any, AsyncIterator
 
 import numpy as np
 
+from genloom.core.supervision import Backoff
 from genloom.export import ModelFile, read_header
 from genloom.serve import tracing
-from genloom.serve.batcher import DeadlineExceeded, Overloaded
+from genloom.core.batcher import DeadlineExceeded, Overloaded
 from genloom.serve.config import ModelSpec
 from genloom.serve.workers import (HANG_GRACE_S, InputRejected, ModelLoadError, WorkerCrashed, WorkerProcess,
                                    WorkerUnavailable, unpack_outputs)
@@ -30,12 +31,12 @@ class Supervisor:
         self.path = Path(spec.path)
         self.header: ModelFile = read_header(self.path)
         self.kind = self.header.kind
-        self.backoff = backoff
+        self.backoff = Backoff(*backoff, stable_s=STABLE_S)
+        self._delay = 0.0
         self.metrics = metrics
         self.worker: WorkerProcess | None = None
         self.state = "starting"  # starting | ready | restarting | stopped
         self.restarts = 0
-        self._crashes_in_row = 0
         self._ready = asyncio.Event()
         self._stopping = False
         self._restart_task: asyncio.Task | None = None
@@ -75,7 +76,7 @@ class Supervisor:
         if w.retired or self._stopping or w is not self.worker:
             return
         lived = time.monotonic() - w.started_at
-        self._crashes_in_row = 0 if lived > STABLE_S else self._crashes_in_row + 1
+        self._delay = self.backoff.next(lived)
         self.restarts += 1
         self.state = "restarting"
         self._ready.clear()
@@ -85,17 +86,15 @@ class Supervisor:
         self._restart_task = asyncio.get_running_loop().create_task(self._restart())
 
     async def _restart(self) -> None:
-        first, most = self.backoff
-        attempt = max(0, self._crashes_in_row - 1)
+        delay = self._delay
         while not self._stopping:
-            # exponential backoff: first · 2^k, capped — a worker that keeps crashing does not spin the CPU
-            await asyncio.sleep(min(most, first * 2 ** attempt))
+            await asyncio.sleep(delay)  # core.supervision.Backoff: a worker that keeps crashing does not spin
             w = self._new_worker(self.path)
             try:
                 await w.start()
             except ModelLoadError as e:
                 log.error("worker restart failed", extra={"model": self.name, "error": str(e)})
-                attempt += 1
+                delay = self.backoff.next(0.0)
                 continue
             if self._stopping:
                 await w.stop()
