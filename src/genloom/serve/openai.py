@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from genloom.serve import edge, logs
-from genloom.serve.batcher import DeadlineExceeded, Overloaded
+from genloom.core.batcher import DeadlineExceeded, Overloaded
 from genloom.serve.config import ModelSettings
 from genloom.serve.openai_schema import LMRequest, OpenAIError, parse_body, parse_chat, parse_completion
 from genloom.serve.service import ModelService, Server
