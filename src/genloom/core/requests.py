@@ -233,7 +233,8 @@ def check_model(op: str, p: dict[str, Any], model: ModelInfo) -> None:
     if model.kind not in kinds:
         other = next((o for o, k in KINDS_OF_OP.items() if model.kind in k), None)
         hint = f" (use {other})" if other else ""
-        raise RequestError("op", f"{op} needs a {' or '.join(kinds)} model; this model is a {model.kind}{hint}")
+        raise RequestError("op", f"{op} needs a model of kind {' or '.join(kinds)}; this model is of kind "
+                                 f"{model.kind}{hint}")
     if op == "sample":
         p["labels"] = check_labels(p["labels"], p["n"], model.num_classes)
     elif op == "reconstruct":

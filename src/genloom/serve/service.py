@@ -44,6 +44,11 @@ class ModelService:
         return self.supervisor.header
 
     @property
+    def vocab(self) -> set[str] | None:
+        v = self.info.vocab
+        return None if v is None else set(v)
+
+    @property
     def info(self) -> ModelInfo:
         """What request validation needs to know (kind, classes, vocabulary) of the file served now."""
         h = self.header
