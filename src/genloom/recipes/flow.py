@@ -25,7 +25,7 @@ from genloom.models.autoencoder import Autoencoder, AutoencoderConfig
 from genloom.models.flow import SAMPLERS, FlowConfig, FlowModel
 from genloom.recipes.common import Built, preset_value
 from genloom.recipes.images import add_dataset_args, load_splits, sample_grid_callback
-from genloom.train.trainer import TrainConfig, Trainer
+from genloom.training.trainer import TrainConfig, Trainer
 from genloom.viz import save_grid
 
 HELP = "latent flow matching: KL autoencoder + patch critic, then a class-conditional DiT (rectified flow)"
