@@ -136,11 +136,9 @@ class LiteEngineBase:
         self.weights = Weights(header)
 
     def sample(self, n: int, *, seed: int | None = None, labels: Sequence[int] | None = None) -> Any:
-        from genloom.engine.base import check_labels, check_n, check_seed, noise
+        from genloom.engine.base import sample_inputs
 
-        n = check_n(n)
-        y = check_labels(labels, n, self.num_classes)
-        return self._images(noise(check_seed(seed), n, self.latent), y)
+        return self._images(*sample_inputs(self, n, seed, labels))
 
     def decode(self, z: Any, *, labels: Sequence[int] | None = None) -> Any:
         from genloom.engine.base import check_labels, check_latent

@@ -25,6 +25,8 @@ class Built:
     provenance: dict[str, Any] = field(default_factory=dict)
     on_epoch_end: list[Callable[[Trainer], None]] = field(default_factory=list)
     after: Callable[[Path, Trainer], dict[str, Any]] | None = None  # final evaluation, printed as a summary
+    train_config: TrainConfig | None = None  # replaces the run's config (flow: the budget left after stage 1)
+    on_step: Callable[[Trainer, Any], None] | None = None
 
 
 # flag -> (TrainConfig field, type, help). Defaults are None so that preset and family defaults can fill in.
@@ -108,8 +110,9 @@ def run(rec: ModuleType, args: argparse.Namespace, *, resume_cmd: str | None = N
     tcfg = train_config(args, rec)
     torch.manual_seed(tcfg.seed)  # initialisation is part of the seeded run
     built: Built = rec.build(args, tcfg)
+    tcfg = built.train_config or tcfg
     trainer = Trainer(built.model, tcfg, built.train, built.val, provenance=built.provenance,
-                      on_epoch_end=built.on_epoch_end, resume=args.resume,
+                      on_epoch_end=built.on_epoch_end, on_step=built.on_step, resume=args.resume,
                       resume_cmd=resume_cmd)
     path = trainer.fit()
     summary: dict[str, Any] = {"model": str(path), "steps": trainer.step, "epochs": trainer.epoch,

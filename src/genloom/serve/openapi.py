@@ -19,7 +19,9 @@ IMAGE_CONTENT = {"image/png": {}, "application/x-npy": {}, "application/json": {
 def _op(summary: str, schema: str | None, content: dict[str, Any], *, errors: bool = True) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "responses": {"200": {"description": "OK", "content": content}}}
     if schema:
-        op["requestBody"] = {"content": {"application/json": {"schema": json_schema(schema)}}}
+        from genloom.serve.api import EXTRA
+
+        op["requestBody"] = {"content": {"application/json": {"schema": json_schema(schema, EXTRA[schema])}}}
         op["parameters"] = [
             {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
             {"name": "X-Request-Timeout", "in": "header", "schema": {"type": "number"},
