@@ -19,22 +19,13 @@ from genloom.engine.base import check_images
 from genloom.errors import GenloomError
 from genloom.serve import edge
 from genloom.serve import logs
-from genloom.serve.encode import MEDIA, encode_images
+from genloom.serve.encode import EXTRA, MEDIA, encode_images
 from genloom.serve.openapi import docs_html, openapi_spec
 from genloom.serve.service import ModelService, Server
 from genloom.serve.workers import InputRejected, ModelLoadError, WorkerUnavailable
 
 Handler = Callable[[Request, str], Awaitable[Response]]
 log = logging.getLogger("genloom.serve")
-STREAM = requests.Field("stream", requests.BOOL, False, nullable=False,
-                        doc="true: text/event-stream, one event per token")
-# the HTTP-only fields of each operation (how the answer is encoded); the rest is the core schema
-EXTRA: dict[str, tuple[requests.Field, ...]] = {
-    "sample": (requests.format_field("png", "npy", "json"),),
-    "generate": (STREAM,),
-    "reconstruct": (requests.format_field("png", "npy", "json", default="json"),),
-    "interpolate": (requests.format_field("png", "npy", "json"),),
-}
 
 
 def routes(server: Server) -> list[BaseRoute]:

@@ -10,6 +10,7 @@ from typing import Any
 
 from genloom import __version__
 from genloom.core.requests import json_schema
+from genloom.serve.encode import EXTRA
 
 ERRORS = {"404": "unknown model", "413": "request body too large", "422": "invalid input; `field` names it",
           "503": "overloaded or restarting; see Retry-After", "504": "deadline passed (X-Request-Timeout)"}
@@ -19,8 +20,6 @@ IMAGE_CONTENT = {"image/png": {}, "application/x-npy": {}, "application/json": {
 def _op(summary: str, schema: str | None, content: dict[str, Any], *, errors: bool = True) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "responses": {"200": {"description": "OK", "content": content}}}
     if schema:
-        from genloom.serve.api import EXTRA
-
         op["requestBody"] = {"content": {"application/json": {"schema": json_schema(schema, EXTRA[schema])}}}
         op["parameters"] = [
             {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
