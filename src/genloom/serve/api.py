@@ -19,8 +19,8 @@ from genloom.engine.base import check_images
 from genloom.errors import GenloomError
 from genloom.serve import edge
 from genloom.serve import logs
-from genloom.serve.encode import MEDIA, encode_images
-from genloom.serve.openapi import EXTRA, docs_html, openapi_spec
+from genloom.serve.encode import EXTRA, MEDIA, encode_images
+from genloom.serve.openapi import docs_html, openapi_spec
 from genloom.serve.service import ModelService, Server
 from genloom.serve.workers import InputRejected, ModelLoadError, WorkerUnavailable
 

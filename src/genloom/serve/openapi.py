@@ -11,6 +11,7 @@ from typing import Any
 from genloom import __version__
 from genloom.core import requests
 from genloom.core.requests import json_schema
+from genloom.serve.encode import EXTRA
 
 ERRORS = {"404": "unknown model", "413": "request body too large", "422": "invalid input; `field` names it",
           "503": "overloaded or restarting; see Retry-After", "504": "deadline passed (X-Request-Timeout)"}
