@@ -47,6 +47,18 @@ def continuation_headers(headers: dict[str, Any] | None, *, text: str, tokens: i
     return {**(headers or {}), H_PREFIX: prefix + text, H_PREFIX_TOKENS: ptok + tokens, H_SEGMENT: seg + 1}
 
 
+def join(prefix: str, text: str, stop: list[str] | None) -> tuple[str, bool]:
+    """The whole text so far, cut before a stop string that straddles the segment boundary (each segment only
+    sees its own text); True if such a cut happened (the generation is finished)."""
+    full = prefix + text
+    cuts = []
+    for s in stop or []:
+        j = full.find(s, max(0, len(prefix) - len(s) + 1))  # any hit here ends past the boundary
+        if 0 <= j < len(prefix):  # ... and starts before it
+            cuts.append(j)
+    return (full[:min(cuts)], True) if cuts else (full, False)
+
+
 def generate_until(engine: Any, params: list[dict[str, Any]], segments: list[tuple[str, int, int]], *,
                    deadline: float) -> list[tuple[str, int, bool]]:
     """Continue each request (``params`` of a validated ``generate`` request, ``segments`` from ``segment_of``)
@@ -66,7 +78,7 @@ def generate_until(engine: Any, params: list[dict[str, Any]], segments: list[tup
             seed = p["seed"] if p["seed"] is None or seg == 0 else (p["seed"] + seg) % 2**63
             ids = model.encode(p["prompt"] + prefix, what="prompt")
             owner[batch.add(ids, max_new_tokens=left, temperature=p["temperature"], top_k=p["top_k"],
-                            top_p=p["top_p"], seed=seed)] = i
+                            top_p=p["top_p"], seed=seed, stop=p.get("stop"))] = i
         while True:
             for slot in [s for s in owner if batch.is_done(s)]:
                 out[owner.pop(slot)] = (batch.text(slot), len(batch.tokens(slot)), True)

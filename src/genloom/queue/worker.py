@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import functools
 import logging
 import time
@@ -33,6 +34,8 @@ from typing import Any, Awaitable
 import aio_pika
 import aiormq
 
+from genloom.core.requests import DEFAULT_LIMITS, ModelInfo
+from genloom.core.runner import run_batch
 from genloom.errors import GenloomError
 from genloom.queue import amqp
 from genloom.queue.amqp import CONNECTION_ERRORS, publish
@@ -40,7 +43,6 @@ from genloom.queue.flow import AckWindow, Batcher
 from genloom.queue import lease, messages as m, poison
 from genloom.queue.metrics import WorkerMetrics
 from genloom.queue.topology import Topology, delivery_count, request_queues
-from genloom.core.runner import ModelRunner
 
 log = logging.getLogger("genloom.queue.worker")
 PUBLISH_TIMEOUT_S = 15.0  # a reply or retry not confirmed by then is given up: its request stays unacked
@@ -58,6 +60,9 @@ class WorkerConfig:
     metrics_port: int = 0  # 0 = no metrics endpoint
     metrics_host: str = "127.0.0.1"
     threads: int = 1  # torch intra-op threads of this process
+    backend: str = "auto"  # engine backend (genloom.engine.load); "exact" for bit-reproducible fp32
+    max_n: int = DEFAULT_LIMITS.max_n  # request caps: the same defaults as every transport (core/requests.py)
+    max_new_tokens: int = DEFAULT_LIMITS.max_new_tokens
     name: str = "genloom-worker"  # the connection name shown by `rabbitmqctl list_connections`
     queue_type: str = "quorum"  # quorum | classic (topology.py)
     delivery_limit: int = 5  # quorum: deliveries of one message before it is dead-lettered (poison messages)
@@ -74,7 +79,7 @@ class WorkerConfig:
         for name in self.models:
             m.check_model_name(name)
         for key, lo in (("prefetch", 1), ("concurrency", 1), ("batch_size", 1), ("max_retries", 0),
-                        ("threads", 1), ("metrics_port", 0)):
+                        ("threads", 1), ("metrics_port", 0), ("max_n", 1), ("max_new_tokens", 1)):
             if getattr(self, key) < lo:
                 raise ValueError(f"--{key.replace('_', '-')} must be ≥ {lo}, got {getattr(self, key)}")
         if self.batch_timeout_ms < 0:
@@ -82,6 +87,29 @@ class WorkerConfig:
         if not self.lease_s > 0 or self.depth_interval_s < 0:
             raise ValueError("--lease-s must be > 0 and --depth-interval ≥ 0")
         self.topology  # validates queue_type and delivery_limit
+
+
+class ModelRunner:
+    """One loaded model: ``run`` executes a batch of validated requests (``core.runner.run_batch``) and encodes
+    each result for the wire (``messages.encode_images`` / ``{"text": ...}``)."""
+
+    def __init__(self, name: str, path: str, *, threads: int | None = 1, backend: str = "auto") -> None:
+        from genloom import engine
+
+        self.name, self.path = name, path
+        self.engine = engine.load(path, threads=threads, backend=backend)
+        self.kind: str = self.engine.kind
+        self.info = ModelInfo.of_header(self.engine.header)
+
+    def run(self, reqs: list[m.Request]) -> list[Any]:
+        """The JSON result of each request, in order. Raises on a (transient) failure of the batch."""
+        results = run_batch(self.engine, [{"op": r.op, **r.params} for r in reqs])
+        out: list[Any] = []
+        for r, res in zip(reqs, results):
+            if isinstance(res, BaseException):
+                raise res
+            out.append({"text": res} if r.op == "generate" else m.encode_images(res, r.params["format"]))
+        return out
 
 
 @dataclass(eq=False)
@@ -114,6 +142,7 @@ class QueueWorker:
     def __init__(self, config: WorkerConfig, *, restarts: int = 0, crash_log: Any = None,
                  culprits: frozenset[str] = frozenset()) -> None:
         self.config = config
+        self.limits = dataclasses.replace(DEFAULT_LIMITS, max_n=config.max_n, max_new_tokens=config.max_new_tokens)
         self.metrics = WorkerMetrics(restarts=restarts)
         self.crash_log = poison.CrashLog(crash_log)  # shared with the supervisor (poison.py)
         self.culprits = culprits  # keys of messages that killed an earlier worker process while running alone
@@ -133,7 +162,7 @@ class QueueWorker:
     async def start(self) -> None:
         cfg = self.config
         for name, path in cfg.models.items():
-            self.runners[name] = ModelRunner(name, path, threads=cfg.threads)
+            self.runners[name] = ModelRunner(name, path, threads=cfg.threads, backend=cfg.backend)
             self._executors[name] = concurrent.futures.ThreadPoolExecutor(
                 1, thread_name_prefix=f"model-{name}", initializer=_thread_setup, initargs=(cfg.threads,))
         if cfg.metrics_port:
@@ -240,8 +269,7 @@ class QueueWorker:
                     "redelivered", request_id=m.request_id_of(msg.body)))
                 return
         try:
-            item.req = m.parse_request(msg.body, kinds={model: self.runners[model].kind})
-            self.runners[model].check(item.req)
+            item.req = m.parse_request(msg.body, kinds={model: self.runners[model].info}, limits=self.limits)
         except m.InvalidRequest as e:
             self.metrics.rejected.labels(model, e.code).inc()
             self._spawn(self._dead_letter(model, item, str(e), e.code, request_id=e.request_id))
@@ -312,8 +340,13 @@ class QueueWorker:
 
         out = await asyncio.get_running_loop().run_in_executor(self._executors[model], self._forward, run, batch)
         mx.forward.observe(time.monotonic() - t0)
-        done = [(it, {"text": seg[0] + text}) for it, seg, (text, _, fin) in zip(batch, segments, out) if fin]
-        cont = [(it, text, ntok) for it, (text, ntok, fin) in zip(batch, out) if not fin]
+        done, cont = [], []
+        for it, seg, (text, ntok, fin) in zip(batch, segments, out):
+            full, stopped = lease.join(seg[0], text, it.req.params.get("stop"))  # type: ignore[union-attr]
+            if fin or stopped:
+                done.append((it, {"text": full}))
+            else:
+                cont.append((it, text, ntok))
         if cont:
             await asyncio.gather(*(self._hand_back(model, it, lease.continuation_headers(
                 it.props.headers, text=text, tokens=ntok)) for it, text, ntok in cont))
