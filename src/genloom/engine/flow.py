@@ -12,28 +12,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from genloom.engine.base import IMAGE_HW, Engine, InputError, check_labels, check_n, check_seed, noise
+from genloom.engine.base import (IMAGE_HW, Engine, InputError, check_labels, check_n, check_request, check_seed,
+                                 noise)
 from genloom.export import ModelFile
 from genloom.models.flow import SAMPLERS, network_evaluations
 
-MAX_STEPS = 256
-MAX_GUIDANCE = 20.0
 
-
-def check_sampling(steps: Any, guidance: Any, sampler: Any, config: Any) -> tuple[int, float, str]:
-    """Validated (steps, guidance, sampler), each defaulting to the file's sampler settings."""
-    steps = config.sample_steps if steps is None else steps
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= int(steps) <= MAX_STEPS:
-        raise InputError(f"steps must be an integer between 1 and {MAX_STEPS}, got {steps!r}")
-    guidance = config.guidance if guidance is None else guidance
-    if isinstance(guidance, bool) or not isinstance(guidance, (int, float, np.floating, np.integer)) \
-            or not 0.0 <= float(guidance) <= MAX_GUIDANCE:
-        raise InputError(f"guidance must be a number between 0 and {MAX_GUIDANCE:g} (0 unconditional, 1 "
-                         f"conditional, > 1 guided), got {guidance!r}")
+def _sampling(p: dict[str, Any], sampler: Any, config: Any) -> tuple[int, float, str]:
+    """(steps, guidance, sampler) of a validated request, each defaulting to the file's sampler settings."""
+    steps = config.sample_steps if p["steps"] is None else int(p["steps"])
+    guidance = config.guidance if p["guidance"] is None else float(p["guidance"])
     sampler = config.sampler if sampler is None else sampler
     if sampler not in SAMPLERS:
-        raise InputError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    return int(steps), float(guidance), str(sampler)
+        raise InputError("sampler", f"must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    return steps, guidance, str(sampler)
 
 
 class FlowEngine(Engine):
@@ -50,7 +42,8 @@ class FlowEngine(Engine):
         self.config = c = model.config
         self.num_classes = int(c.num_classes)
         self.latent_shape = tuple(c.latent_shape)
-        self.latent = int(np.prod(self.latent_shape))
+        # not ``latent``: the batch runner would decode noise directly; a flow sample is an ODE solve per request
+        self.latent_dim = int(np.prod(self.latent_shape))
 
     def describe(self) -> dict[str, Any]:
         c = self.config
@@ -58,19 +51,24 @@ class FlowEngine(Engine):
                 "latent_shape": list(self.latent_shape), "num_classes": self.num_classes}
 
     def _noise(self, seed: int | None, n: int) -> torch.Tensor:
-        z = noise(check_seed(seed), n, self.latent)  # (n, C·7·7)
+        z = noise(check_seed(seed), n, self.latent_dim)  # (n, C·7·7)
         return torch.from_numpy(z).reshape(n, *self.latent_shape)  # (n, C, 7, 7)
 
     def _labels(self, labels: Sequence[int] | None, n: int) -> torch.Tensor | None:
         y = check_labels(labels, n, self.num_classes)
         return None if y is None else torch.from_numpy(y)
 
+    def _check(self, op: str, n: Any, seed: Any, labels: Any, steps: Any, guidance: Any, sampler: Any
+               ) -> tuple[int, int, torch.Tensor | None, int, float, str]:
+        p = check_request(self, op, n=n, seed=seed, labels=labels, steps=steps, guidance=guidance)
+        steps, guidance, sampler = _sampling(p, sampler, self.config)
+        n = p["n"]
+        return n, check_seed(p["seed"]), self._labels(p["labels"], n), steps, guidance, sampler
+
     def sample(self, n: int, *, seed: int | None = None, labels: Sequence[int] | None = None,
                steps: int | None = None, guidance: float | None = None, sampler: str | None = None) -> np.ndarray:
         """n images: integrate the flow ODE from noise (t = 1) to a latent (t = 0) and decode it."""
-        n = check_n(n)
-        steps, guidance, sampler = check_sampling(steps, guidance, sampler, self.config)
-        y = self._labels(labels, n)
+        n, seed, y, steps, guidance, sampler = self._check("sample", n, seed, labels, steps, guidance, sampler)
         z1 = self._noise(seed, n)
         with torch.inference_mode():
             z0 = self.model.sample_latents(z1, labels=y, steps=steps, guidance=guidance, sampler=sampler)
@@ -83,9 +81,7 @@ class FlowEngine(Engine):
         x̂₀ = x_t − t·v (where the straight line through x_t with velocity v meets t = 0), then the final images.
         Returns {"t": [steps floats], "states": (steps, n, 28, 28), "predictions": (steps, n, 28, 28),
         "images": (n, 28, 28), "network_evaluations": int}."""
-        n = check_n(n, max_n=16)
-        steps, guidance, sampler = check_sampling(steps, guidance, sampler, self.config)
-        y = self._labels(labels, n)
+        n, seed, y, steps, guidance, sampler = self._check("trajectory", n, seed, labels, steps, guidance, sampler)
         z1 = self._noise(seed, n)
         ts: list[float] = []
         states, preds = [], []
@@ -103,14 +99,15 @@ class FlowEngine(Engine):
         return {"t": ts, "states": imgs[:steps], "predictions": imgs[steps:2 * steps], "images": imgs[-1],
                 "network_evaluations": network_evaluations(steps, sampler)}
 
-    def decode(self, z: Any, *, labels: Sequence[int] | None = None) -> np.ndarray:
+    def decode_latents(self, z: Any) -> np.ndarray:
         """Normalised latents (n, C·7·7) or (n, C, 7, 7) → images, without sampling."""
+        d = self.latent_dim
         try:
             arr = np.asarray(z, dtype=np.float32)
         except (TypeError, ValueError):
-            raise InputError(f"z must be a float array of shape (n, {self.latent})") from None
-        if arr.ndim < 1 or arr.size % self.latent or not np.isfinite(arr).all():
-            raise InputError(f"z must be finite with shape (n, {self.latent}) or (n, {', '.join(map(str, self.latent_shape))})")
+            raise InputError("z", f"must be a float array of shape (n, {d})") from None
+        if arr.ndim < 1 or arr.size % d or not np.isfinite(arr).all():
+            raise InputError("z", f"must be finite with shape (n, {d}) or (n, {', '.join(map(str, self.latent_shape))})")
         t = torch.from_numpy(arr.reshape(-1, *self.latent_shape))
         check_n(len(t), field="len(z)")
         with torch.inference_mode():
