@@ -236,6 +236,9 @@ def check(op: str, params: Any, *, limits: Limits = DEFAULT_LIMITS, model: Model
         out[f.name] = v
     if op == "generate" and isinstance(out["stop"], str):
         out["stop"] = [out["stop"]]
+    for name in FLOW_ONLY if op == "sample" else ():  # unset flow-only fields stay out: VAE/GAN requests unchanged
+        if out.get(name) is None:
+            del out[name]
     if model is not None:
         check_model(op, out, model)
     return out

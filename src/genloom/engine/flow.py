@@ -20,8 +20,8 @@ from genloom.models.flow import SAMPLERS, network_evaluations
 
 def _sampling(p: dict[str, Any], sampler: Any, config: Any) -> tuple[int, float, str]:
     """(steps, guidance, sampler) of a validated request, each defaulting to the file's sampler settings."""
-    steps = config.sample_steps if p["steps"] is None else int(p["steps"])
-    guidance = config.guidance if p["guidance"] is None else float(p["guidance"])
+    steps = config.sample_steps if p.get("steps") is None else int(p["steps"])
+    guidance = config.guidance if p.get("guidance") is None else float(p["guidance"])
     sampler = config.sampler if sampler is None else sampler
     if sampler not in SAMPLERS:
         raise InputError("sampler", f"must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
