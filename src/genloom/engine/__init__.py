@@ -45,7 +45,7 @@ def load(path: str | Path, *, threads: int | None = None, backend: str = "auto")
     if threads is not None:
         torch.set_num_threads(threads)
     header = export.read_header(path)
-    if header.kind not in ("vae", "gan", "lm"):
+    if header.kind not in ("vae", "gan", "lm", "flow"):
         raise InputError(f"{path}: the engine does not serve models of kind {header.kind!r}")
     model = export.load(path)
     if header.kind == "lm":
@@ -54,5 +54,9 @@ def load(path: str | Path, *, threads: int | None = None, backend: str = "auto")
         if backend not in ("auto", "eager"):
             raise InputError(f"backend {backend!r} is for image models; the LM runs eager (KV cache)")
         return LMEngine(model, header)
+    if header.kind == "flow":
+        from genloom.engine.flow import FlowEngine
+
+        return FlowEngine(model, header, backend=backend, threads=threads)
     cls = VAEEngine if header.kind == "vae" else GANEngine
     return cls(model, header, backend=backend, threads=threads)
