@@ -83,9 +83,11 @@ class ModelRunner:
 
     def __init__(self, name: str, path: str, *, threads: int | None = 1, backend: str = "auto") -> None:
         from genloom import engine
+        from genloom.export import read_header
 
         self.name, self.path = name, path
-        self.engine = engine.load(path, threads=threads, backend=backend)
+        lm = read_header(path).kind == "lm"  # the LM has one backend (eager, KV cache)
+        self.engine = engine.load(path, threads=threads, backend="auto" if lm else backend)
         self.kind: str = self.engine.kind
         self.info = ModelInfo.of_header(self.engine.header)
 
