@@ -4,8 +4,11 @@ The shape of Ray's ``_BatchQueue`` (one future per request, an event plus ``wait
 time) with what it lacks: a bound on the queue that refuses work at once (``Overloaded`` → HTTP 503 +
 Retry-After), per-request deadlines (``DeadlineExceeded`` → 504) whose expired or cancelled entries are dropped
 before they reach the model, and an admission estimate that refuses a request that could not finish before its
-deadline anyway. The batcher knows nothing about HTTP or processes: ``run_batch(entries) -> results`` does the
-work, so it is tested on its own (tests/test_core_batcher.py).
+deadline anyway. The batcher knows nothing about HTTP, AMQP or processes: ``run_batch(entries) -> results`` does
+the work, so it is tested on its own (tests/test_core_batcher.py). ``genloom serve`` runs one batch at a time per
+model (its worker process computes one at a time); ``genloom worker`` lets ``concurrency`` batches be in flight
+(one computes while the replies of the previous one are published), with no deadline (``math.inf``) and a
+queue bound equal to its prefetch.
 """
 from __future__ import annotations
 
@@ -53,9 +56,12 @@ RunBatch = Callable[[list[Entry]], Awaitable[list[Any]]]
 
 class Batcher:
     def __init__(self, run_batch: RunBatch, *, max_batch_size: int, max_wait_ms: float, max_queue: int,
-                 on_batch: Callable[[list[Entry], float], None] | None = None) -> None:
-        if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:
-            raise ValueError("max_batch_size and max_queue must be ≥ 1, max_wait_ms ≥ 0")
+                 concurrency: int = 1, on_batch: Callable[[list[Entry], float], None] | None = None) -> None:
+        if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0 or concurrency < 1:
+            raise ValueError("max_batch_size, max_queue and concurrency must be ≥ 1, max_wait_ms ≥ 0")
+        self.concurrency = concurrency
+        self._slots = asyncio.Semaphore(concurrency)  # batches in flight
+        self._running: set[asyncio.Task[None]] = set()
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
@@ -83,6 +89,9 @@ class Batcher:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        for t in list(self._running):
+            t.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
         while self._queue:
             e = self._queue.popleft()
             if not e.future.done():
@@ -92,6 +101,11 @@ class Batcher:
     @property
     def depth(self) -> int:
         return len(self._queue)
+
+    async def drain(self, poll_s: float = 0.01) -> None:
+        """Wait until every queued entry has been run (graceful stop: call before ``stop``)."""
+        while self._queue or self.in_flight or self._running:
+            await asyncio.sleep(poll_s)
 
     # -- submission -----------------------------------------------------------------------------------------
     def estimated_wait(self, size: int = 1) -> float:
@@ -126,6 +140,7 @@ class Batcher:
     # -- the loop -------------------------------------------------------------------------------------------
     async def _loop(self) -> None:
         while True:
+            await self._slots.acquire()  # all batches in flight: the queue grows into the next, larger batch
             while not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -141,8 +156,23 @@ class Batcher:
                 except TimeoutError:
                     break
             batch = self._take()
-            if batch:
-                await self._run(batch)
+            if not batch:
+                self._slots.release()
+            elif self.concurrency == 1:
+                try:
+                    await self._run(batch)
+                finally:
+                    self._slots.release()
+            else:
+                task = asyncio.get_running_loop().create_task(self._run_then_release(batch))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+
+    async def _run_then_release(self, batch: list[Entry]) -> None:
+        try:
+            await self._run(batch)
+        finally:
+            self._slots.release()
 
     def _take(self) -> list[Entry]:
         """Pop up to max_batch_size items; drop cancelled entries and fail expired ones with 504."""
@@ -172,7 +202,7 @@ class Batcher:
         t0 = time.monotonic()
         for e in batch:
             e.started = t0
-        self.in_flight = len(batch)
+        self.in_flight += len(batch)
         try:
             results = await self.run_batch(batch)
             if len(results) != len(batch):
@@ -194,7 +224,7 @@ class Batcher:
                     else:
                         e.future.set_result(r)
         finally:
-            self.in_flight = 0
+            self.in_flight -= len(batch)
         t1 = time.monotonic()
         dt = t1 - t0
         # busy (work waited since the last batch ended): the cycle is end to end, so it includes the time the

@@ -25,6 +25,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import functools
+import math
 import logging
 import time
 import uuid
@@ -39,7 +40,8 @@ from genloom.core.runner import run_batch
 from genloom.errors import GenloomError
 from genloom.queue import amqp
 from genloom.queue.amqp import CONNECTION_ERRORS, publish
-from genloom.queue.flow import AckWindow, Batcher
+from genloom.core.batcher import Batcher, Entry
+from genloom.queue.flow import AckWindow
 from genloom.queue import messages as m
 from genloom.queue.metrics import WorkerMetrics
 
@@ -159,8 +161,10 @@ class QueueWorker:
             except aiormq.exceptions.ChannelPreconditionFailed as e:
                 raise GenloomError(f"queue {m.queue_name(name)} exists with other settings ({e}); delete it "
                                    f"(rabbitmqctl delete_queue {m.queue_name(name)}) and start again") from None
-            batcher = Batcher(functools.partial(self._process, name), size=cfg.batch_size,
-                               timeout=cfg.batch_timeout_ms / 1000, concurrency=cfg.concurrency)
+            # the one batcher of every transport (core/batcher.py): no deadlines here, and the prefetch bounds
+            # what can be queued, so it never refuses a delivery
+            batcher = Batcher(functools.partial(self._run_entries, name), max_batch_size=cfg.batch_size,
+                              max_wait_ms=cfg.batch_timeout_ms, max_queue=cfg.prefetch, concurrency=cfg.concurrency)
             batcher.start()
             self._batchers[name] = batcher
             self._consumers.add(f"{cfg.name}.{name}.{uuid.uuid4().hex[:12]}", m.queue_name(name),
@@ -233,7 +237,15 @@ class QueueWorker:
             self.metrics.rejected.labels(model, e.code).inc()
             self._spawn(self._dead_letter(model, item, str(e), e.code, request_id=e.request_id))
             return
-        self._batchers[model].put(item)
+        self._batchers[model].submit(item, deadline=math.inf)
+
+    async def _run_entries(self, model: str, entries: list[Entry]) -> list[None]:
+        """The batcher's run_batch: replies and acks happen inside ``_process``; nothing is returned."""
+        try:
+            await self._process(model, [e.item for e in entries])
+        except Exception:  # never fail the batcher; the messages stay unacked and come back
+            log.exception("batch handler failed")
+        return [None] * len(entries)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
