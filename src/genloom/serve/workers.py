@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+from multiprocessing import forkserver
 import os
 import threading
 import time
@@ -25,7 +26,7 @@ START_TIMEOUT_S = 120.0
 HANG_GRACE_S = 5.0  # a batch still running this long after its last deadline means a hung worker
 _ctx_lock = threading.Lock()
 _ctx: Any = None
-_preload = ["genloom.serve.worker_main"]
+_preload = ["genloom.core.forkserver_guard", "genloom.serve.worker_main"]  # the guard: it dies with the server
 # modules a kind imports lazily on load; preloading them keeps restarts fast. Building a module on the meta
 # device imports torch._dynamo (4 s on a busy CPU), so the LM's restart would otherwise take seconds.
 PRELOAD_BY_KIND = {"lm": ["torch._dynamo", "genloom.models.transformer", "genloom.models.lm_generate"],
@@ -91,6 +92,9 @@ class WorkerProcess:
         from genloom.serve import worker_main
 
         ctx = mp_context()
+        # start (or restart) the forkserver from this thread, the event loop's, which lives as long as the server:
+        # the forkserver's parent-death signal (core/forkserver_guard.py) is tied to the thread that starts it
+        forkserver.ensure_running()
         parent, child = ctx.Pipe(duplex=True)
         self._proc = ctx.Process(target=worker_main.main,
                                  args=(child, str(self.path), self.threads, self.slots, os.getpid(), self.backend),
