@@ -44,6 +44,7 @@ class Entry:
     arrays: list[Any] = field(default_factory=list)
     started: float | None = None  # when its batch went to the worker
     request_id: str | None = None  # for logs and traces
+    urgent: bool = False  # queued ahead of every non-urgent entry (AMQP priority lane)
 
     def cancel(self) -> None:
         """The client went away or gave up: drop it from the queue, discard its result."""
@@ -69,6 +70,7 @@ class Batcher:
         self.on_batch = on_batch  # metrics hook: (entries, seconds)
         self._queue: collections.deque[Entry] = collections.deque()
         self._queued_size = 0
+        self._urgent = 0  # urgent entries at the head of the queue
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._batch_seconds = 0.0  # EMA of one batch cycle while busy, for the admission estimate
@@ -96,7 +98,7 @@ class Batcher:
             e = self._queue.popleft()
             if not e.future.done():
                 e.future.set_exception(Overloaded("the server is shutting down", retry_after=1.0))
-        self._queued_size = 0
+        self._queued_size = self._urgent = 0
 
     @property
     def depth(self) -> int:
@@ -119,9 +121,10 @@ class Batcher:
         partial = (self._queued_size + size) % self.max_batch_size != 0
         return (batches_ahead + 1) * self._batch_seconds + (self.max_wait if partial else 0.0)
 
-    def submit(self, item: dict[str, Any], *, size: int = 1, deadline: float,
-               arrays: list[Any] | None = None, request_id: str | None = None) -> Entry:
-        """Queue one request, or raise Overloaded at once. Await ``entry.future`` for the result."""
+    def submit(self, item: Any, *, size: int = 1, deadline: float, arrays: list[Any] | None = None,
+               request_id: str | None = None, urgent: bool = False) -> Entry:
+        """Queue one request, or raise Overloaded at once. Await ``entry.future`` for the result.
+        ``urgent``: it goes into the next batch ahead of every non-urgent entry waiting (FIFO among urgent ones)."""
         if len(self._queue) >= self.max_queue:
             raise Overloaded(f"queue full ({self.max_queue} requests waiting)",
                              retry_after=max(1.0, self.estimated_wait()))
@@ -131,8 +134,12 @@ class Batcher:
             raise Overloaded(f"estimated wait {wait:.2f}s exceeds the request deadline "
                              f"({deadline - now:.2f}s left)", retry_after=max(1.0, wait))
         entry = Entry(item, size, deadline, asyncio.get_running_loop().create_future(), now, arrays or [],
-                      request_id=request_id)
-        self._queue.append(entry)
+                      request_id=request_id, urgent=urgent)
+        if urgent:
+            self._queue.insert(self._urgent, entry)
+            self._urgent += 1
+        else:
+            self._queue.append(entry)
         self._queued_size += size
         self._wakeup.set()
         return entry
@@ -182,21 +189,25 @@ class Batcher:
         while self._queue:
             e = self._queue[0]
             if e.future.done():  # cancelled by its client
-                self._queue.popleft()
-                self._queued_size -= e.size
+                self._pop()
                 continue
             if e.deadline <= now:
-                self._queue.popleft()
-                self._queued_size -= e.size
+                self._pop()
                 e.future.set_exception(DeadlineExceeded("deadline passed while queued"))
                 continue
             if batch and size + e.size > self.max_batch_size:
                 break
-            self._queue.popleft()
-            self._queued_size -= e.size
+            self._pop()
             batch.append(e)
             size += e.size
         return batch
+
+    def _pop(self) -> Entry:
+        e = self._queue.popleft()
+        self._queued_size -= e.size
+        if e.urgent:
+            self._urgent -= 1
+        return e
 
     async def _run(self, batch: list[Entry]) -> None:
         t0 = time.monotonic()

@@ -6,7 +6,7 @@
 
 Engines by kind: ``vae`` (sample, decode, encode, reconstruct, interpolate), ``gan`` (sample), ``lm``
 (generate, stream). ``backend="numpy"`` (or ``genloom.engine.lite``) runs the VAE decoder / GAN generator
-without importing torch at all (its ``header`` is a ``lite.LiteHeader``: the same fields as ``export.ModelFile``).
+without importing torch at all (its ``header`` is the same ``fileformat.ModelFile`` as every engine's).
 This module itself imports neither torch nor numpy.
 
 Thread-safety: call an engine from one thread at a time. Calls do not change the engine, but the torch/BLAS
@@ -45,7 +45,7 @@ def load(path: str | Path, *, threads: int | None = None, backend: str = "auto")
     if threads is not None:
         torch.set_num_threads(threads)
     header = export.read_header(path)
-    if header.kind not in ("vae", "gan", "lm"):
+    if header.kind not in ("vae", "gan", "lm", "flow"):
         raise InputError(f"{path}: the engine does not serve models of kind {header.kind!r}")
     model = export.load(path)
     if header.kind == "lm":
@@ -54,5 +54,9 @@ def load(path: str | Path, *, threads: int | None = None, backend: str = "auto")
         if backend not in ("auto", "eager"):
             raise InputError(f"backend {backend!r} is for image models; the LM runs eager (KV cache)")
         return LMEngine(model, header)
+    if header.kind == "flow":
+        from genloom.engine.flow import FlowEngine
+
+        return FlowEngine(model, header, backend=backend, threads=threads)
     cls = VAEEngine if header.kind == "vae" else GANEngine
     return cls(model, header, backend=backend, threads=threads)
