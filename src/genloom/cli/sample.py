@@ -27,6 +27,9 @@ def register(sub: Any) -> None:
     s.add_argument("--labels", type=str, default=None,
                    help="class labels for a conditional model: one label for all, or a comma-separated list of n")
     s.add_argument("-o", "--out", type=Path, default=None, help="output file: .png (grid) or .npy")
+    s.add_argument("--steps", type=int, default=None, help="flow: ODE steps (default: the file's)")
+    s.add_argument("--guidance", type=float, default=None,
+                   help="flow: classifier-free guidance w (0 unconditional, 1 conditional, > 1 guided)")
     s.add_argument("--prompt", type=str, default=None, help="LM: the prompt text")
     s.add_argument("--max-new-tokens", type=int, default=200, help="LM: tokens to generate")
     s.add_argument("--temperature", type=float, default=0.8, help="LM: sampling temperature (0 = greedy)")
@@ -43,7 +46,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     h = read_header(args.model)
     if h.kind == "lm":
         return sample_text(args, h)
-    if h.kind in ("vae", "gan"):
+    if h.kind in ("vae", "gan", "flow"):
         return sample_images(args, h)
     raise GenloomError(f"`genloom sample` does not support models of kind {h.kind!r}")
 
@@ -94,7 +97,10 @@ def sample_images(args: argparse.Namespace, header: ModelFile) -> int:
 
     labels = parse_labels(args.labels, args.n, int(header.config.get("num_classes", 0)))
     # the engine's noise and backend: the same images as genloom.engine.load(path).sample(n, seed=seed)
-    write_images(load(header.path).sample(args.n, seed=args.seed, labels=labels), args.out)
+    flow = {k: getattr(args, k, None) for k in ("steps", "guidance") if getattr(args, k, None) is not None}
+    if flow and header.kind != "flow":
+        raise GenloomError(f"--{next(iter(flow))} is for flow models; this model is of kind {header.kind}")
+    write_images(load(header.path).sample(args.n, seed=args.seed, labels=labels, **flow), args.out)
     print(f"wrote {args.n} samples to {args.out}")
     return 0
 

@@ -52,6 +52,9 @@ def _one(engine: Any, r: Mapping[str, Any]) -> Any:
             return engine.reconstruct(r["images"], labels=r.get("labels"))
         if r["op"] == "interpolate":
             return engine.interpolate(r["a"], r["b"], steps=r["steps"], label=r.get("label"))
+        if r["op"] == "trajectory":
+            return engine.trajectory(r["n"], seed=r.get("seed"), labels=r.get("labels"), steps=r.get("steps"),
+                                     guidance=r.get("guidance"))
         raise ValueError(f"unknown op {r['op']!r}")
     except Exception as e:  # a bad item fails alone; the rest of the batch is served
         return e
@@ -62,9 +65,10 @@ def _samples(engine: Any, reqs: list[Mapping[str, Any]], rng: np.random.Generato
     from genloom.engine.base import check_labels, check_seed, noise
 
     latent = getattr(engine, "latent", None)
-    if latent is None or not hasattr(engine, "decode"):  # no batched decode: one call per request
+    if latent is None or not hasattr(engine, "decode"):  # no batched decode (flow: an ODE): one call per request
         for i, r in zip(idx, reqs):
-            out[i] = engine.sample(r["n"], seed=r["seed"], labels=r["labels"])
+            flow = {k: r[k] for k in ("steps", "guidance") if r.get(k) is not None}  # flow models only
+            out[i] = engine.sample(r["n"], seed=r["seed"], labels=r["labels"], **flow)
         return
     num_classes = int(getattr(engine, "num_classes", 0) or 0)
     sizes = [int(r["n"]) for r in reqs]

@@ -59,7 +59,7 @@ def load(path: str | Path, *, threads: int | None = None, backend: str = "auto")
     if threads is not None:
         torch.set_num_threads(threads)
     header = export.read_header(path)
-    if header.kind not in ("vae", "gan", "lm"):
+    if header.kind not in ("vae", "gan", "lm", "flow"):
         raise InputError(f"{path}: the engine does not serve models of kind {header.kind!r}")
     model = export.load(path)
     if header.kind == "lm":
@@ -68,6 +68,10 @@ def load(path: str | Path, *, threads: int | None = None, backend: str = "auto")
         if backend not in ("auto", "exact", "eager"):
             raise InputError(f"backend {backend!r} is for image models; the LM runs fp32 eager (KV cache)")
         return LMEngine(model, header)
+    if header.kind == "flow":
+        from genloom.engine.flow import FlowEngine
+
+        return FlowEngine(model, header, backend="eager" if backend == "exact" else backend, threads=threads)
     key = None
     if backend == "auto":
         from genloom.engine.autotune import cache_key
