@@ -149,3 +149,16 @@ def choose(module: nn.Module, x: np.ndarray, *, threads: int | None, key: str | 
         except OSError:  # a read-only home: the next load measures again
             pass
     return name, run, {**report, "cached": False}
+
+
+def select(name: str, module: nn.Module, latent: int, *, num_classes: int = 0, threads: int | None = None,
+           cache_key: str | None = None) -> tuple[str, Runner, dict[str, Any] | None]:
+    """(backend name, runner, auto report) for ``module`` taking (n, latent + num_classes) float32.
+
+    ``name="auto"``: the fastest backend here whose images agree with fp32 within one grey level, measured once
+    per file and machine and cached under ``cache_key`` (above); ``"exact"``: fp32 eager."""
+    x = probe(latent, num_classes)
+    if name == "auto":
+        return choose(module, x, threads=threads, key=cache_key)
+    name = "eager" if name == "exact" else name
+    return name, backends.build(name, module, np.ascontiguousarray(x[:TIMING_BATCH]), threads=threads), None

@@ -18,7 +18,7 @@ import copy
 import io
 import time
 import warnings
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -137,18 +137,3 @@ def faster(a: Runner, b: Runner, x: np.ndarray, *, rounds: int = 7, reps: int = 
         t2 = time.perf_counter()
         ratios.append((t1 - t0) / max(t2 - t1, 1e-9))
     return float(np.median(ratios))
-
-
-def select(name: str, module: nn.Module, latent: int, *, num_classes: int = 0, threads: int | None = None,
-           cache_key: str | None = None) -> tuple[str, Runner, dict[str, Any] | None]:
-    """(backend name, runner, auto report) for ``module`` taking (n, latent + num_classes) float32.
-
-    ``name="auto"``: the fastest backend here whose images agree with fp32 within one grey level, measured once
-    per file and machine and cached under ``cache_key`` (``engine/autotune.py``); ``"exact"``: fp32 eager."""
-    from genloom.engine import autotune
-
-    x = autotune.probe(latent, num_classes)
-    if name == "auto":
-        return autotune.choose(module, x, threads=threads, key=cache_key)
-    name = "eager" if name == "exact" else name
-    return name, build(name, module, np.ascontiguousarray(x[:autotune.TIMING_BATCH]), threads=threads), None

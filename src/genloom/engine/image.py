@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from genloom.engine import backends
+from genloom.engine import autotune
 from genloom.engine.base import (IMAGE_HW, Engine, check_images, check_labels, check_latent,
                                  check_seed, check_steps, noise, onehot, sample_inputs, slerp)
 from genloom.export import ModelFile
@@ -48,7 +48,7 @@ class VAEEngine(Engine):
         self.latent, self.num_classes, self.x_dim = int(c.latent), int(c.num_classes), int(c.x_dim)
         # the decoder with its output nonlinearity: (n, latent + C) → (n, 784) Bernoulli means in [0, 1]
         self.decoder = nn.Sequential(model.decoder, nn.Sigmoid()).eval()
-        self.backend, self._decode, self.auto = backends.select(
+        self.backend, self._decode, self.auto = autotune.select(
             backend, self.decoder, self.latent, num_classes=self.num_classes, threads=threads, cache_key=cache_key)
 
     # -- calls --------------------------------------------------------------------------------------------
@@ -108,7 +108,7 @@ class GANEngine(Engine):
         self.latent, self.num_classes, self.arch = int(c.latent), int(c.num_classes), str(c.arch)
         net = model.ema if bool(model.sample_from_ema) else model.generator
         self.generator = _Generator(net).eval()
-        self.backend, self._generate, self.auto = backends.select(
+        self.backend, self._generate, self.auto = autotune.select(
             backend, self.generator, self.latent, num_classes=self.num_classes, threads=threads,
             cache_key=cache_key)
 
