@@ -77,4 +77,6 @@ def test_run_batch_serves_flow_requests_as_the_engine_does(flow_file):
     out = run_batch(eng, reqs)
     assert np.array_equal(out[0], eng.sample(2, seed=1, steps=2, guidance=2.0))
     assert np.array_equal(out[1], eng.sample(3, seed=2, labels=[4, 4, 4]))
-    assert np.array_equal(out[2]["images"], eng.trajectory(1, seed=9, steps=2)["images"])
+    grid = eng.trajectory_grid(1, seed=9, steps=2)  # rows: states then predictions, each ending in the sample
+    assert np.array_equal(out[2], grid) and grid.shape == (6, 28, 28)
+    assert np.array_equal(grid[2], eng.trajectory(1, seed=9, steps=2)["images"][0])

@@ -99,6 +99,14 @@ class FlowEngine(Engine):
         return {"t": ts, "states": imgs[:steps], "predictions": imgs[steps:2 * steps], "images": imgs[-1],
                 "network_evaluations": network_evaluations(steps, sampler)}
 
+    def trajectory_grid(self, n: int = 1, **kw: Any) -> np.ndarray:
+        """``trajectory`` as one image array for transports: per sample, a row of states x_t then a row of
+        predictions x̂₀, each ending with the final image — (n·2·(steps + 1), 28, 28), rows of steps + 1."""
+        tr = self.trajectory(n, **kw)
+        last = tr["images"][None]  # (1, n, 28, 28)
+        rows = np.stack([np.concatenate([tr["states"], last]), np.concatenate([tr["predictions"], last])])
+        return np.ascontiguousarray(rows.transpose(2, 0, 1, 3, 4).reshape(-1, *IMAGE_HW))  # (n·2·(S+1), 28, 28)
+
     def decode_latents(self, z: Any) -> np.ndarray:
         """Normalised latents (n, C·7·7) or (n, C, 7, 7) → images, without sampling."""
         d = self.latent_dim
