@@ -9,17 +9,29 @@ import json
 from typing import Any
 
 from genloom import __version__
+from genloom.core import requests
 from genloom.core.requests import json_schema
+from genloom.serve.encode import EXTRA
 
 ERRORS = {"404": "unknown model", "413": "request body too large", "422": "invalid input; `field` names it",
           "503": "overloaded or restarting; see Retry-After", "504": "deadline passed (X-Request-Timeout)"}
 IMAGE_CONTENT = {"image/png": {}, "application/x-npy": {}, "application/json": {}}
+STREAM = requests.Field("stream", requests.BOOL, False, nullable=False,
+                        doc="true: text/event-stream, one event per token")
+# the HTTP-only fields of each operation (how the answer is encoded); the rest is the core schema
+EXTRA: dict[str, tuple[requests.Field, ...]] = {
+    "sample": (requests.format_field("png", "npy", "json"),),
+    "generate": (STREAM,),
+    "reconstruct": (requests.format_field("png", "npy", "json", default="json"),),
+    "interpolate": (requests.format_field("png", "npy", "json"),),
+    "trajectory": (requests.format_field("png", "npy", "json"),),
+}
 
 
 def _op(summary: str, schema: str | None, content: dict[str, Any], *, errors: bool = True) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "responses": {"200": {"description": "OK", "content": content}}}
     if schema:
-        op["requestBody"] = {"content": {"application/json": {"schema": json_schema(schema)}}}
+        op["requestBody"] = {"content": {"application/json": {"schema": json_schema(schema, EXTRA[schema])}}}
         op["parameters"] = [
             {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
             {"name": "X-Request-Timeout", "in": "header", "schema": {"type": "number"},
@@ -34,12 +46,15 @@ def openapi_spec(server: Any) -> dict[str, Any]:
     json_c = {"application/json": {}}
     paths = {
         "/v1/models": {"get": _op("list served models: name, kind, config, provenance", None, json_c, errors=False)},
-        "/v1/models/{name}/sample": {"post": _op("images from a VAE or GAN", "sample", IMAGE_CONTENT)},
+        "/v1/models/{name}/sample": {"post": _op("images from a VAE, GAN or flow model", "sample", IMAGE_CONTENT)},
         "/v1/models/{name}/generate": {"post": _op("text from an LM; stream=true answers text/event-stream",
                                                     "generate", {"application/json": {}, "text/event-stream": {}})},
         "/v1/models/{name}/reconstruct": {"post": _op("VAE: decode(encode(images))", "reconstruct", IMAGE_CONTENT)},
         "/v1/models/{name}/interpolate": {"post": _op("VAE: images along the slerp path between two latents",
                                                        "interpolate", IMAGE_CONTENT)},
+        "/v1/models/{name}/trajectory": {"post": _op("flow: the denoising path — per image a row of states x_t "
+                                                      "and a row of predictions of the data, ending in the sample",
+                                                      "trajectory", IMAGE_CONTENT)},
         "/admin/models/{name}/reload": {"post": {"summary": "swap in a model file (Authorization: Bearer token); "
                                                             "body {\"path\": ...} optional",
                                                  "responses": {"200": {"description": "reloaded"},
