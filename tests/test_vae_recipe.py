@@ -14,7 +14,7 @@ from genloom.data.images import load_images
 from genloom.engine import lite, load
 from genloom.errors import DataError
 from genloom.recipes import vae as vae_recipe
-from genloom.train.metrics import read_metrics
+from genloom.training.metrics import read_metrics
 
 pytestmark = pytest.mark.timeout(240)
 SMALL = ["--subset", "640", "--threads", "1", "--no-progress", "--log-every", "1", "--val-batches", "1"]
