@@ -46,7 +46,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from genloom.recipes.common import run
 
     summary = run(recipe(args.family), args)
-    print(json.dumps(summary))
+    if summary:  # empty on ranks other than 0, and in the launcher of --nproc (rank 0 printed it)
+        print(json.dumps(summary))
     return 0
 
 
@@ -175,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the --resume hint and --nproc
     try:
         return int(args.func(args) or 0)
     except GenloomError as e:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -48,10 +49,12 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--checkpoint-every": ("checkpoint_every", int, "write checkpoints/last.pt every N epochs"),
     "--log-every": ("log_every", int, "write a metrics.jsonl record every N steps"),
     "--seed": ("seed", int, "random seed (data order, initialisation, noise)"),
-    "--matmul-precision": ("matmul_precision", str, "float32 matmuls: ieee (exact), bf16 (oneDNN rounds the inputs "
-                           "to bf16, fp32 accumulation; fast on AMX CPUs) or auto (bf16 where the CPU has AMX/"
-                           "AVX512-BF16)"),
+    "--device": ("device", str, "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps (default: auto)"),
+    "--precision": ("precision", str, "auto, fp32, bf16 or fp16 (GPU). auto: bf16 on GPUs that have it, else fp16 "
+                    "with a gradient scaler; on a CPU, bf16 only if a short measured probe finds it faster for this "
+                    "model on this CPU (cached per CPU model) (default: auto)"),
 }
+RUN_DEFAULTS: dict[str, Any] = {"device": "auto", "precision": "auto"}  # for every family, under its defaults
 
 
 def add_common_args(p: argparse.ArgumentParser, rec: ModuleType) -> None:
@@ -63,6 +66,12 @@ def add_common_args(p: argparse.ArgumentParser, rec: ModuleType) -> None:
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoints/last.pt")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the model's loss (off by default: measured slower on CPU for these models, "
+                        "docs/benchmarks.md)")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="data-parallel processes on this machine, launched through torch.distributed.run (same as "
+                        "`torchrun --nproc-per-node N -m genloom train …`); --batch-size stays the global batch")
     g = p.add_argument_group("training (defaults depend on the family and preset)")
     for flag, (_, typ, help_) in TRAIN_FLAGS.items():
         d = rec.DEFAULTS.get(TRAIN_FLAGS[flag][0])
@@ -71,7 +80,7 @@ def add_common_args(p: argparse.ArgumentParser, rec: ModuleType) -> None:
 
 def train_config(args: argparse.Namespace, rec: ModuleType) -> TrainConfig:
     """Explicit flag > preset > family default > TrainConfig default."""
-    merged: dict[str, Any] = {}
+    merged: dict[str, Any] = dict(RUN_DEFAULTS)
     # a recipe may make its defaults depend on other flags (the GAN's depend on --loss)
     merged.update(rec.defaults_for(args) if hasattr(rec, "defaults_for") else rec.DEFAULTS)
     if args.preset:
@@ -86,6 +95,8 @@ def train_config(args: argparse.Namespace, rec: ModuleType) -> TrainConfig:
         for n in lengths:
             if getattr(args, n) is None:
                 merged.pop(n, None)
+    if getattr(args, "compile", None):
+        merged["compile"] = True
     if merged.get("grad_clip") == 0:
         merged["grad_clip"] = None
     return TrainConfig(out=str(args.out), progress=not args.no_progress and sys.stderr.isatty(), **{
@@ -103,16 +114,34 @@ def preset_value(args: argparse.Namespace, rec: ModuleType, name: str, default: 
 
 
 def run(rec: ModuleType, args: argparse.Namespace) -> dict[str, Any]:
+    from genloom.train import distributed as dd
+
+    argv = list(getattr(args, "argv", None) or sys.argv[1:])
+    resume_argv = [a for a in argv if a != "--resume"]
+    resume_cmd = os.environ.get("GENLOOM_RESUME_CMD") or (
+        "genloom " + shlex.join(resume_argv) + " --resume" if dd.launched_world() == 1 else
+        f"torchrun --nproc-per-node {dd.launched_world()} -m genloom " + shlex.join(resume_argv) + " --resume")
+    if args.nproc is not None and args.nproc > 1 and dd.launched_world() == 1:
+        from genloom.train.launch import launch, strip_nproc
+
+        train_config(args, rec)  # bad flags: one error here, not one per process
+        rc = launch(args.nproc, strip_nproc(argv), resume_cmd=resume_cmd)
+        if rc:
+            raise SystemExit(rc)
+        return {}
     if args.threads:
         torch.set_num_threads(args.threads)
     tcfg = train_config(args, rec)
     torch.manual_seed(tcfg.seed)  # initialisation is part of the seeded run
     built: Built = rec.build(args, tcfg)
-    argv = [a for a in sys.argv[1:] if a != "--resume"]
     trainer = Trainer(built.model, tcfg, built.train, built.val, provenance=built.provenance,
-                      on_epoch_end=built.on_epoch_end, resume=args.resume,
-                      resume_cmd="genloom " + shlex.join(argv) + " --resume")
-    path = trainer.fit()
+                      on_epoch_end=built.on_epoch_end, resume=args.resume, resume_cmd=resume_cmd)
+    try:
+        path = trainer.fit()
+    finally:
+        dd.shutdown()
+    if not trainer.dist.is_main:
+        return {}  # rank 0 evaluates, summarises and writes
     summary: dict[str, Any] = {"model": str(path), "steps": trainer.step, "epochs": trainer.epoch,
                                "train_seconds": round(trainer.elapsed, 1)}
     if built.after is not None:
