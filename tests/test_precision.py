@@ -16,9 +16,9 @@ from genloom.data.images import ImageData
 from genloom.device import resolve_device
 from genloom.errors import GenloomError
 from genloom.models.vae import VAE, VAEConfig
-from genloom.train import precision as prec
-from genloom.train.allocator import keep_freed_memory
-from genloom.train.trainer import TrainConfig, Trainer
+from genloom.training import precision as prec
+from genloom.training.allocator import keep_freed_memory
+from genloom.training.trainer import TrainConfig, Trainer
 
 CPU = torch.device("cpu")
 

@@ -1,7 +1,6 @@
-"""``python -m genloom …`` — the same as the ``genloom`` command (what ``torchrun -m genloom train …`` runs)."""
+"""``python -m genloom …`` is ``genloom …`` (for torchrun and environments without the console script)."""
 import sys
 
 from genloom.cli import main
 
-if __name__ == "__main__":
-    sys.exit(main())
+sys.exit(main())

@@ -79,12 +79,14 @@ class AckWindow:
 
 
 class Batcher:
-    """Up to ``size`` items, or ``timeout`` seconds after the oldest arrived; ``concurrency`` batches in flight."""
+    """Up to ``size`` items, or ``timeout`` seconds after the oldest arrived; ``concurrency`` batches in flight.
+    Urgent items (``put(item, urgent=True)``) go into the next batch ahead of every normal item waiting."""
 
     def __init__(self, handle: Callable[[list[Any]], Awaitable[None]], *, size: int, timeout: float,
                  concurrency: int) -> None:
         self.handle, self.size, self.timeout = handle, size, timeout
         self.items: collections.deque[Any] = collections.deque()
+        self.urgent: collections.deque[Any] = collections.deque()
         self.nonempty, self.full = asyncio.Event(), asyncio.Event()
         self.slots = asyncio.Semaphore(concurrency)
         self.tasks: set[asyncio.Task[None]] = set()
@@ -93,26 +95,28 @@ class Batcher:
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._loop())
 
-    def put(self, item: Any) -> None:
-        self.items.append(item)
+    def put(self, item: Any, *, urgent: bool = False) -> None:
+        (self.urgent if urgent else self.items).append(item)
         self.nonempty.set()
-        if len(self.items) >= self.size:
+        if len(self.items) + len(self.urgent) >= self.size:
             self.full.set()
 
     async def _loop(self) -> None:
         while True:
             await self.slots.acquire()
             await self.nonempty.wait()
-            remaining = self.items[0].t0 + self.timeout - time.monotonic()
-            if len(self.items) < self.size and remaining > 0:
+            oldest = self.urgent[0] if self.urgent else self.items[0]
+            remaining = oldest.t0 + self.timeout - time.monotonic()
+            if len(self.items) + len(self.urgent) < self.size and remaining > 0:
                 try:
                     await asyncio.wait_for(self.full.wait(), remaining)
                 except asyncio.TimeoutError:
                     pass
-            batch = [self.items.popleft() for _ in range(min(self.size, len(self.items)))]
-            if not self.items:
+            batch = [self.urgent.popleft() for _ in range(min(self.size, len(self.urgent)))]
+            batch += [self.items.popleft() for _ in range(min(self.size - len(batch), len(self.items)))]
+            if not self.items and not self.urgent:
                 self.nonempty.clear()
-            if len(self.items) < self.size:
+            if len(self.items) + len(self.urgent) < self.size:
                 self.full.clear()
             task = asyncio.create_task(self._run(batch))
             self.tasks.add(task)
@@ -127,7 +131,7 @@ class Batcher:
             self.slots.release()
 
     async def drain(self) -> None:
-        while self.items or self.tasks:
+        while self.items or self.urgent or self.tasks:
             await asyncio.sleep(0.01)
 
     async def stop(self) -> None:

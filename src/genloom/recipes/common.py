@@ -14,9 +14,10 @@ from typing import Any, Callable
 import torch
 
 from genloom.data.batches import BatchSource
+from genloom.errors import GenloomError
 from genloom.models.base import GenerativeModel
-from genloom.train.schedules import SCHEDULES
-from genloom.train.trainer import TrainConfig, Trainer
+from genloom.training.schedules import SCHEDULES
+from genloom.training.trainer import TrainConfig, Trainer
 
 
 @dataclass
@@ -27,6 +28,8 @@ class Built:
     provenance: dict[str, Any] = field(default_factory=dict)
     on_epoch_end: list[Callable[[Trainer], None]] = field(default_factory=list)
     after: Callable[[Path, Trainer], dict[str, Any]] | None = None  # final evaluation, printed as a summary
+    train_config: TrainConfig | None = None  # replaces the run's config (flow: the budget left after stage 1)
+    on_step: Callable[[Trainer, Any], None] | None = None
 
 
 # flag -> (TrainConfig field, type, help). Defaults are None so that preset and family defaults can fill in.
@@ -113,29 +116,38 @@ def preset_value(args: argparse.Namespace, rec: ModuleType, name: str, default: 
     return default
 
 
-def run(rec: ModuleType, args: argparse.Namespace) -> dict[str, Any]:
-    from genloom.train import distributed as dd
+def run(rec: ModuleType, args: argparse.Namespace, *, resume_cmd: str | None = None) -> dict[str, Any]:
+    """Train ``rec``'s model with the options in ``args``; ``resume_cmd`` is the command the Ctrl-C hint names.
+    With ``--nproc N`` (and not already under torchrun) this process launches N training processes instead."""
+    from genloom.training import distributed as dd
 
-    argv = list(getattr(args, "argv", None) or sys.argv[1:])
-    resume_argv = [a for a in argv if a != "--resume"]
-    resume_cmd = os.environ.get("GENLOOM_RESUME_CMD") or (
-        "genloom " + shlex.join(resume_argv) + " --resume" if dd.launched_world() == 1 else
-        f"torchrun --nproc-per-node {dd.launched_world()} -m genloom " + shlex.join(resume_argv) + " --resume")
+    resume_cmd = os.environ.get("GENLOOM_RESUME_CMD") or resume_cmd
     if args.nproc is not None and args.nproc > 1 and dd.launched_world() == 1:
-        from genloom.train.launch import launch, strip_nproc
+        from genloom.training.launch import launch, strip_nproc
 
         train_config(args, rec)  # bad flags: one error here, not one per process
+        if resume_cmd is None:
+            raise GenloomError("--nproc needs the command line to launch (use genloom train … --nproc N)")
+        argv = shlex.split(resume_cmd)[1:]  # "train FAMILY …options… --resume"
+        if not args.resume:
+            argv = argv[:-1]
         rc = launch(args.nproc, strip_nproc(argv), resume_cmd=resume_cmd)
         if rc:
             raise SystemExit(rc)
         return {}
+    if resume_cmd and dd.launched_world() > 1 and not os.environ.get("GENLOOM_RESUME_CMD"):
+        local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+        opts = f"--nproc-per-node {local}" if local == str(dd.launched_world()) else "<the same torchrun options>"
+        resume_cmd = f"torchrun {opts} -m " + resume_cmd
     if args.threads:
         torch.set_num_threads(args.threads)
     tcfg = train_config(args, rec)
     torch.manual_seed(tcfg.seed)  # initialisation is part of the seeded run
     built: Built = rec.build(args, tcfg)
+    tcfg = built.train_config or tcfg
     trainer = Trainer(built.model, tcfg, built.train, built.val, provenance=built.provenance,
-                      on_epoch_end=built.on_epoch_end, resume=args.resume, resume_cmd=resume_cmd)
+                      on_epoch_end=built.on_epoch_end, on_step=built.on_step, resume=args.resume,
+                      resume_cmd=resume_cmd)
     try:
         path = trainer.fit()
     finally:

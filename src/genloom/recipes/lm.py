@@ -15,7 +15,15 @@ from typing import Any
 import torch
 
 from genloom import export
-from genloom.data.text import CharTokenizer, SequentialWindows, WindowBatches, default_corpus, load_text, split_tokens
+from genloom.data.text import (
+    CharTokenizer,
+    SequentialWindows,
+    WindowBatches,
+    default_corpus,
+    load_text,
+    split_tokens,
+)
+from genloom.errors import ConfigError
 from genloom.eval.lm import evaluate_lm
 from genloom.models.transformer import LMConfig, TransformerLM
 from genloom.recipes.common import Built, preset_value
@@ -70,7 +78,7 @@ def build(args: argparse.Namespace, tcfg) -> Built:
     model = TransformerLM(cfg, tok.chars)
     val_batch = max(1, 8192 // cfg.block_size)  # windows per validation batch: 8192 characters
     if len(val) < 2:
-        raise ValueError(f"{path}: too short for a validation split ({len(tokens)} characters)")
+        raise ConfigError(f"{path}: too short for a validation split ({len(tokens)} characters)")
 
     def after(out: Path, trainer) -> dict[str, Any]:
         res: dict[str, Any] = {"best_val_loss": round(trainer.best_val, 4) if math.isfinite(trainer.best_val)

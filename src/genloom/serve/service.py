@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import time
 from typing import Any
 
-from genloom.serve.batcher import Batcher, Entry
+from genloom.core.batcher import Batcher, Entry
+from genloom.core.requests import ModelInfo
 from genloom.serve.config import ModelSpec, ServerConfig
 from genloom.serve.metrics import Metrics
 from genloom.serve.supervisor import Supervisor
@@ -28,12 +28,16 @@ class ModelService:
         self.supervisor = Supervisor(spec, backoff=config.restart_backoff_s, metrics=metrics)
         self.kind = self.supervisor.kind
         self.batcher: Batcher | None = None
+        self._info: tuple[Any, ModelInfo] | None = None
         if self.kind != "lm":
             s = spec.settings
             self.batcher = Batcher(self._run_batch, max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms,
                                    max_queue=s.max_queue, on_batch=self._on_batch)
         metrics.track(model=self.name, depth=lambda: self.batcher.depth if self.batcher else 0,
                       streams=lambda: self.supervisor.open_streams, up=lambda: float(self.supervisor.ready))
+        if self.kind == "lm":
+            metrics.track_lm(model=self.name, running=lambda: len(self.supervisor.running),
+                             waiting=lambda: self.supervisor.open_streams - len(self.supervisor.running))
 
     @property
     def header(self) -> Any:
@@ -41,8 +45,16 @@ class ModelService:
 
     @property
     def vocab(self) -> set[str] | None:
-        raw = self.header.metadata.get("genloom.vocab")
-        return set(json.loads(raw)) if raw else None
+        v = self.info.vocab
+        return None if v is None else set(v)
+
+    @property
+    def info(self) -> ModelInfo:
+        """What request validation needs to know (kind, classes, vocabulary) of the file served now."""
+        h = self.header
+        if self._info is None or self._info[0] is not h:
+            self._info = (h, ModelInfo.of_header(h))
+        return self._info[1]
 
     async def start(self) -> None:
         await self.supervisor.start()

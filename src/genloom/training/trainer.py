@@ -21,14 +21,14 @@ from tqdm import tqdm
 from genloom import export
 from genloom.data.batches import BatchSource
 from genloom.device import resolve_device
-from genloom.errors import GenloomError
+from genloom.errors import ConfigError, GenloomError
 from genloom.models.base import GenerativeModel, LossOutput
-from genloom.train import distributed as dd
-from genloom.train import precision as prec
-from genloom.train.allocator import keep_freed_memory
-from genloom.train.checkpoint import load_checkpoint, save_checkpoint
-from genloom.train.metrics import MetricsLog, plot_loss_curve
-from genloom.train.schedules import SCHEDULES, lr_factor
+from genloom.training import distributed as dd
+from genloom.training import precision as prec
+from genloom.training.allocator import keep_freed_memory
+from genloom.training.checkpoint import load_checkpoint, save_checkpoint
+from genloom.training.metrics import MetricsLog, plot_loss_curve
+from genloom.training.schedules import SCHEDULES, lr_factor
 
 
 @dataclass(frozen=True)
@@ -60,17 +60,17 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs is None and self.steps is None and self.time_budget is None:
-            raise ValueError("give --epochs, --steps or --time-budget")
+            raise ConfigError("give --epochs, --steps or --time-budget")
         if self.precision not in prec.CHOICES:
-            raise ValueError(f"precision must be one of {', '.join(prec.CHOICES)}, not {self.precision!r}")
+            raise ConfigError(f"precision must be one of {', '.join(prec.CHOICES)}, not {self.precision!r}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         for name in ("epochs", "steps", "batch_size", "log_every", "checkpoint_every"):
             v = getattr(self, name)
             if v is not None and v < 1:
-                raise ValueError(f"{name} must be ≥ 1, got {v}")
+                raise ConfigError(f"{name} must be ≥ 1, got {v}")
         if self.time_budget is not None and self.time_budget <= 0:
-            raise ValueError("time_budget must be > 0 seconds")
+            raise ConfigError("time_budget must be > 0 seconds")
 
 
 class Trainer:
@@ -89,6 +89,9 @@ class Trainer:
             if per < self.dist.world:
                 raise GenloomError(f"--batch-size {per} is smaller than the {self.dist.world} processes; the "
                                    f"batch size is global: use at least {self.dist.world}")
+            if not hasattr(train, "sharded"):
+                raise GenloomError(f"{type(train).__name__} cannot be sharded over processes yet; train this "
+                                   f"family without --nproc / torchrun")
             train = train.sharded(self.dist.rank, self.dist.world, groups=groups)
             if val is not None:
                 val = val.sharded(self.dist.rank, self.dist.world, skip_small=False)
@@ -323,6 +326,13 @@ class Trainer:
                 signal.signal(sig, on_signal)
         try:
             self._loop()
+        except RuntimeError as e:  # a collective failed: another rank died (gloo: its sockets closed)
+            if not self.dist.enabled:
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise GenloomError(f"rank {self.dist.rank}: lost another process of this run at step {self.step} "
+                               f"({first[:160]}); resume with: {self.resume_cmd or 'the same command with --resume'}"
+                               ) from None
         finally:
             if in_main:
                 for sig in handled:
@@ -334,7 +344,10 @@ class Trainer:
                 print(f"Interrupted at step {self.step}; checkpoint saved to {self.ckpt_dir / 'last.pt'}. "
                       f"Resume with: {cmd}", file=sys.stderr)
             raise KeyboardInterrupt
-        return self.finish()
+        path = self.finish()
+        if self.dist.enabled:
+            torch.distributed.barrier()  # the export is on disk before any rank reads it
+        return path
 
     def _loop(self) -> None:
         self.plan = self._precision_plan()

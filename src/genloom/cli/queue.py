@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from genloom.errors import GenloomError
+from genloom.errors import ConfigError, GenloomError
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -39,11 +39,15 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from genloom.queue.worker import WorkerConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = WorkerConfig(url=args.amqp, models=parse_models(args.models), prefetch=args.prefetch,
-                       concurrency=args.concurrency, batch_size=args.batch_size,
-                       batch_timeout_ms=args.batch_timeout_ms, max_retries=args.max_retries,
-                       metrics_port=args.metrics_port, metrics_host=args.metrics_host, threads=args.threads,
-                       name=args.name)
+    try:  # the config's checks are of the flags' values
+        cfg = WorkerConfig(url=args.amqp, models=parse_models(args.models), prefetch=args.prefetch,
+                           concurrency=args.concurrency, batch_size=args.batch_size,
+                           batch_timeout_ms=args.batch_timeout_ms, max_retries=args.max_retries,
+                           metrics_port=args.metrics_port, metrics_host=args.metrics_host, threads=args.threads,
+                           name=args.name, queue_type=args.queue_type, delivery_limit=args.delivery_limit,
+                           lease_s=args.lease_s, depth_interval_s=args.depth_interval)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return supervise(cfg)
 
 
@@ -72,7 +76,8 @@ async def _submit(args: argparse.Namespace) -> int:
     async with QueueClient(args.amqp, timeout=args.timeout) as client:
         await client.check_model(args.model)
         t0 = time.monotonic()
-        results = await client.run_many(args.model, reqs, op=op, max_in_flight=args.max_in_flight)
+        results = await client.run_many(args.model, reqs, op=op, max_in_flight=args.max_in_flight,
+                                        priority=args.priority)
         elapsed = time.monotonic() - t0
         duplicates = client.duplicates
     ok = [r for r in results if isinstance(r, Response) and r.ok]
@@ -135,6 +140,15 @@ def register(sub: Any) -> None:
     w.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address")
     w.add_argument("--threads", type=int, default=1, help="torch threads of the worker process")
     w.add_argument("--name", default="genloom-worker", help="connection name (rabbitmqctl list_connections)")
+    w.add_argument("--queue-type", default="quorum", choices=["quorum", "classic"],
+                   help="type of the queues this worker declares (quorum: replicated, with a delivery limit)")
+    w.add_argument("--delivery-limit", type=int, default=5,
+                   help="quorum queues: deliveries of one message before it is dead-lettered (poison messages)")
+    w.add_argument("--lease-s", type=float, default=900.0,
+                   help="hold no delivery longer than this: LM generations continue in a new segment, requests "
+                        "held too long are handed back; keep it below the broker's consumer_timeout (1800 s)")
+    w.add_argument("--depth-interval", type=float, default=5.0,
+                   help="seconds between queue-depth refreshes for the metrics (0 = off)")
     w.set_defaults(func=_cmd_worker)
 
     s = sub.add_parser("submit", help="send requests to RabbitMQ workers and await the results",
@@ -156,4 +170,10 @@ def register(sub: Any) -> None:
     s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each response")
     s.add_argument("-o", "--out", type=Path, default=None, help="with --count 1: save the images (.npy or .png)")
     s.add_argument("--json", action="store_true", help="print the summary JSON on stdout")
+    s.add_argument("--priority", default="normal", choices=["normal", "high"],
+                   help="high: publish to the model's urgent queue, served before normal requests")
     s.set_defaults(func=_cmd_submit)
+
+    from genloom.queue.status import register as register_status
+
+    register_status(sub)
