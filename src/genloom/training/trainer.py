@@ -327,7 +327,9 @@ class Trainer:
         try:
             self._loop()
         except RuntimeError as e:  # a collective failed: another rank died (gloo: its sockets closed)
-            if not self.dist.enabled:
+            lost = isinstance(e, getattr(torch.distributed, "DistError", ())) or "closed by peer" in str(e) \
+                or "Connection reset" in str(e)
+            if not self.dist.enabled or not lost:
                 raise
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise GenloomError(f"rank {self.dist.rank}: lost another process of this run at step {self.step} "
