@@ -34,6 +34,9 @@ def register(sub: Any) -> None:
     s.add_argument("--top-p", type=float, default=None, help="LM: nucleus sampling mass")
     s.add_argument("--stop", action="append", default=None, help="LM: stop string (repeatable)")
     s.add_argument("--stream", action="store_true", help="LM: print tokens as they are generated")
+    s.add_argument("--device", default="cpu",
+                   help="where the model runs: cpu (default), auto (CUDA when present), cuda, cuda:N or mps; the "
+                        "noise is drawn on the CPU, so a seed gives the same samples on every device")
     s.set_defaults(func=_cmd_sample)
 
 
@@ -94,7 +97,7 @@ def sample_images(args: argparse.Namespace, header: ModelFile) -> int:
 
     labels = parse_labels(args.labels, args.n, int(header.config.get("num_classes", 0)))
     # the engine's noise and backend: the same images as genloom.engine.load(path).sample(n, seed=seed)
-    write_images(load(header.path).sample(args.n, seed=args.seed, labels=labels), args.out)
+    write_images(load(header.path, device=args.device).sample(args.n, seed=args.seed, labels=labels), args.out)
     print(f"wrote {args.n} samples to {args.out}")
     return 0
 
@@ -125,7 +128,9 @@ def sample_text(args: argparse.Namespace, header: ModelFile) -> int:
     prompt = args.prompt if args.prompt is not None else ""
     if args.out is not None and args.out.suffix != ".txt":
         raise GenloomError(f"-o {args.out}: an LM writes text; use a .txt file name (or omit -o)")
-    model = export.load(header.path)
+    from genloom.device import resolve_device
+
+    model = export.load(header.path).to(resolve_device(args.device))
     model.encode(prompt)  # the error names a character outside the vocabulary, before any output
     with torch.no_grad():  # scoped: `genloom sample` may run in-process (quickstart, tests)
         if args.stream:

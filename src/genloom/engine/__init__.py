@@ -21,15 +21,19 @@ from typing import Any
 __all__ = ["load"]
 
 
-def load(path: str | Path, *, threads: int | None = None, backend: str = "auto") -> Any:
+def load(path: str | Path, *, threads: int | None = None, backend: str = "auto", device: str = "cpu") -> Any:
     """Load a genloom model file for inference.
 
     threads: intra-op threads for torch/onnxruntime (process-wide for torch); None keeps the default.
     backend: "auto" | "eager" | "compile" | "bf16" | "int8" | "onnx" | "numpy" (see engine/backends.py).
+    device: "cpu" (default), "auto" (CUDA when present), "cuda", "cuda:N" or "mps": where the math runs; calls
+    still take and return numpy / text. Off the CPU the backend is eager (the others are CPU backends).
     """
     from genloom.engine.base import BACKENDS, InputError
 
-    if backend == "numpy":  # the torch-free path
+    if device != "cpu" and backend not in ("auto", "eager"):
+        raise InputError(f"backend {backend!r} runs on the CPU; use backend='eager' (or 'auto') with device={device!r}")
+    if backend == "numpy" and device == "cpu":  # the torch-free path
         from genloom.engine import lite
 
         return lite.load(path, threads=threads)
@@ -48,6 +52,13 @@ def load(path: str | Path, *, threads: int | None = None, backend: str = "auto")
     if header.kind not in ("vae", "gan", "lm"):
         raise InputError(f"{path}: the engine does not serve models of kind {header.kind!r}")
     model = export.load(path)
+    if device != "cpu":
+        from genloom.device import resolve_device
+
+        dev = resolve_device(device)
+        model.to(dev)
+        if dev.type != "cpu":
+            backend = "eager"
     if header.kind == "lm":
         from genloom.engine.lm import LMEngine
 

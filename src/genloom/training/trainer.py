@@ -505,7 +505,8 @@ class Trainer:
         if self.best_state is not None:
             model = copy.deepcopy(self.model)
             model.load_state_dict(self.best_state)
-        prov = {**self.provenance, "steps": self.step, "epochs": self.epoch, "train_seconds": round(self.elapsed, 2),
+        prov = {**self.provenance, "peak_memory_mb": round(_peak_memory_mb(self.device), 1),
+                "steps": self.step, "epochs": self.epoch, "train_seconds": round(self.elapsed, 2),
                 "best_val_loss": None if math.isinf(self.best_val) else self.best_val}
         path = export.save(model, path, provenance=prov)
         plot_loss_curve(self.out / "metrics.jsonl", self.out / "loss.png", title=f"{model.kind} training")
@@ -543,3 +544,15 @@ def _config_json(model: torch.nn.Module) -> str:
         return json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
     except TypeError:
         return repr(cfg)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """CUDA: the most memory torch allocated on the device; elsewhere the process's peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    except (ImportError, OSError):
+        return float("nan")
