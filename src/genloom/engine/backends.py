@@ -41,7 +41,8 @@ def _split_head(module: nn.Module) -> tuple[nn.Module, nn.Module]:
 
 def eager(module: nn.Module, example: np.ndarray, threads: int | None) -> Runner:
     module = module.eval()
-    dev = next(module.parameters()).device  # engine.load(device=...): numpy in and out, the math on the device
+    p = next(module.parameters(), None)  # engine.load(device=...): numpy in and out, the math on the device
+    dev = p.device if p is not None else torch.device("cpu")  # (a quantized module has no plain parameters)
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
