@@ -146,3 +146,18 @@ def test_device_resolution() -> None:
 def test_keep_freed_memory_applies_on_glibc() -> None:
     assert keep_freed_memory() is True
     assert keep_freed_memory() is True  # idempotent
+
+
+def test_engine_load_on_a_device(tmp_path) -> None:
+    from genloom import engine, export
+
+    torch.manual_seed(0)
+    path = export.save(VAE(VAEConfig(enc_hidden=(16,), dec_hidden=(16,), latent=4)), tmp_path / "vae.safetensors")
+    a = engine.load(path, device="cpu").sample(3, seed=5)
+    b = engine.load(path, device="auto" if not torch.cuda.is_available() else "cpu").sample(3, seed=5)
+    assert (a == b).all()  # the same noise source, the same images
+    if not torch.cuda.is_available():
+        with pytest.raises(GenloomError, match="no CUDA device"):
+            engine.load(path, device="cuda")
+    with pytest.raises(GenloomError, match="runs on the CPU"):
+        engine.load(path, device="cuda", backend="onnx")
