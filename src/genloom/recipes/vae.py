@@ -18,8 +18,7 @@ from genloom.recipes.images import add_dataset_args, load_splits, sample_grid_ca
 
 HELP = "variational autoencoder (MLP 784→400→20; β-VAE, conditional)"
 DEFAULTS: dict[str, Any] = {"epochs": 10, "batch_size": 128, "lr": 1e-3, "schedule": "wsd", "betas": (0.9, 0.99),
-                            "min_lr_ratio": 0.0, "weight_decay": 0.0,
-                            "matmul_precision": "auto"}
+                            "min_lr_ratio": 0.0, "weight_decay": 0.0}
 # The preset for the best test ELBO in a given wall time (docs/benchmarks.md, "VAE quality at equal time"): two
 # hidden layers each way, wider, a 50-d latent, and batch 512 with a higher LR (larger matmuls cost less per image
 # on a CPU). Same Bernoulli likelihood, so its −ELBO compares with the lecture model's.
