@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from genloom import export
-from genloom.data.text import CharTokenizer, SequentialWindows, WindowBatches, default_corpus, load_text, split_tokens
+from genloom.data.text import (CharTokenizer, SequentialWindows, WindowBatches, corpus_ref, default_corpus,
+                               load_text, split_tokens)
 from genloom.eval.lm import evaluate_lm
 from genloom.models.transformer import LMConfig, TransformerLM
 from genloom.recipes.common import Built, preset_value
@@ -40,8 +41,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 def add_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("LM")
     g.add_argument("--data", type=Path, default=None,
-                   help="UTF-8 training text (default: tinyshakespeare.txt from $GENLOOM_DATA_DIR, data/ or "
-                        "../shared/data/)")
+                   help="UTF-8 training text (default: $GENLOOM_DATA/tinyshakespeare.txt if present, else "
+                        "the Tiny Shakespeare copy shipped with genloom)")
     g.add_argument("--block-size", type=int, default=None, help="context length (default 64)")
     g.add_argument("--n-layer", type=int, default=None, help="Transformer blocks (default 4)")
     g.add_argument("--n-head", type=int, default=None, help="attention heads (default 4)")
@@ -91,7 +92,7 @@ def build(args: argparse.Namespace, tcfg) -> Built:
         train=WindowBatches(train, batch_size=tcfg.batch_size, block_size=cfg.block_size,
                             steps=tcfg.val_every or 500),
         val=SequentialWindows(val, block_size=cfg.block_size, batch_size=val_batch),
-        provenance={"dataset": Path(path).name, "data": str(path), "train_chars": len(train),
+        provenance={"dataset": Path(path).name, "data": corpus_ref(path), "train_chars": len(train),
                     "val_chars": len(val), "params": model.num_params()},
         after=after,
     )
