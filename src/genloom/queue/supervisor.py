@@ -3,7 +3,9 @@
 The supervisor (the process you start) loads nothing heavy; it starts one worker process that loads the
 models, connects and consumes (``run_worker``). Worker processes are forked from the supervisor, which has imported
 torch and genloom but never runs them (no thread pools yet, so forking is safe): a restart costs the time to load
-the model file (~1 s), not a fresh ``import torch`` (10+ s on a busy machine). If that process dies (kill -9, segfault, out of memory), its
+the model file (~1 s), not a fresh ``import torch`` (10+ s on a busy machine). The worker process dies with the
+supervisor (``core.supervision.bind_to_parent``: kill -9 of the supervisor leaves no orphan consuming
+unsupervised). If the worker process dies (kill -9, segfault, out of memory), its
 unacked messages go back to the queue at once (the broker sees the socket close) and the supervisor starts a new
 one after a backoff (0.5 s doubling to 10 s; reset after 30 s of healthy running). SIGTERM/SIGINT: the
 supervisor forwards SIGTERM; the worker stops consuming, finishes and acks what it holds, and exits 0.
@@ -19,6 +21,7 @@ import sys
 import threading
 import time
 
+from genloom.core.supervision import Backoff, bind_to_parent
 from genloom.errors import GenloomError
 from genloom.queue.worker import QueueWorker, WorkerConfig
 
@@ -46,7 +49,8 @@ async def run_worker(config: WorkerConfig, *, restarts: int = 0, ready: "mp.sync
     return 0
 
 
-def _child(config: WorkerConfig, restarts: int, ready: "mp.synchronize.Event") -> None:
+def _child(config: WorkerConfig, restarts: int, ready: "mp.synchronize.Event", supervisor_pid: int) -> None:
+    bind_to_parent(supervisor_pid)  # kill -9 of the supervisor: this process dies too, its deliveries requeue
     for sig in (signal.SIGTERM, signal.SIGINT):  # not the supervisor's handlers (inherited by fork): a signal
         signal.signal(sig, lambda *_: _EARLY_STOP.set())  # before the event loop runs stops right after start
     logging.root.handlers.clear()
@@ -82,11 +86,12 @@ def supervise(config: WorkerConfig, *, max_restarts: int | None = None) -> int:
             os.kill(proc.pid, signal.SIGTERM)
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    restarts, backoff, ever_ready = 0, 0.5, False
+    restarts, ever_ready = 0, False
+    backoff = Backoff(0.5, 10.0, stable_s=30.0)
     try:
         while True:
             ready = ctx.Event()
-            proc = ctx.Process(target=_child, args=(config, restarts, ready), name=f"{config.name}-{restarts}")
+            proc = ctx.Process(target=_child, args=(config, restarts, ready, os.getpid()), name=f"{config.name}-{restarts}")
             proc.start()
             started = time.monotonic()
             log.info("worker process %d started (restart %d)", proc.pid, restarts)
@@ -102,17 +107,15 @@ def supervise(config: WorkerConfig, *, max_restarts: int | None = None) -> int:
             if max_restarts is not None and restarts >= max_restarts:
                 log.error("worker process died (exit %s); %d restarts used up", code, restarts)
                 return 1
-            if time.monotonic() - started > 30:
-                backoff = 0.5
+            delay = backoff.next(time.monotonic() - started)
             how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-            print(f"genloom worker: worker process {proc.pid} died ({how}); restarting in {backoff:.1f} s",
+            print(f"genloom worker: worker process {proc.pid} died ({how}); restarting in {delay:.1f} s",
                   file=sys.stderr, flush=True)
-            deadline = time.monotonic() + backoff
+            deadline = time.monotonic() + delay
             while time.monotonic() < deadline and not stopping:
                 time.sleep(0.05)
             if stopping:
                 return 0
-            backoff = min(backoff * 2, 10.0)
             restarts += 1
     finally:
         for s, h in old.items():  # after a stop, a repeated signal must not kill us while the interpreter exits

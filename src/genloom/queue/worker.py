@@ -39,7 +39,7 @@ from genloom.queue.amqp import CONNECTION_ERRORS, publish
 from genloom.queue.flow import AckWindow, Batcher
 from genloom.queue import messages as m
 from genloom.queue.metrics import WorkerMetrics
-from genloom.queue.runner import ModelRunner
+from genloom.core.runner import ModelRunner
 
 log = logging.getLogger("genloom.queue.worker")
 PUBLISH_TIMEOUT_S = 15.0  # a reply or retry not confirmed by then is given up: its request stays unacked

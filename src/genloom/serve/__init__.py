@@ -40,9 +40,10 @@ on the new worker (a second failure is a 503, never a hang). SIGTERM/SIGINT drai
 workers and exit 0. Logs are JSON lines on stderr. OpenTelemetry spans (``genloom.queue_wait``,
 ``genloom.batch``, ``genloom.inference``) are recorded when ``genloom[otel]`` is installed and configured.
 
-Modules by concern: ``config`` (settings), ``batcher`` (dynamic batching, bounded queue), ``workers`` and
+The transport-neutral pieces live in ``genloom.core`` (request schema and validation, the batcher, run_batch,
+the process model). Modules here by concern: ``config`` (settings), ``workers`` and
 ``supervisor`` (worker processes, restart, retry, hot reload), ``worker_main`` / ``lm_worker`` (inside the
 worker), ``ipc`` (pickle-free messages), ``service`` (per-model state), ``app`` / ``api`` / ``edge`` /
-``streaming`` / ``encode`` / ``validation`` / ``openapi`` (HTTP), ``metrics``, ``logs``, ``tracing``, ``cli``.
+``streaming`` / ``encode`` / ``openapi`` (HTTP), ``metrics``, ``logs``, ``tracing``, ``cli``.
 New pages (the playground) are added through ``app.EXTRA_ROUTES``.
 """

@@ -13,8 +13,9 @@ from starlette.routing import BaseRoute, Route
 
 from genloom.engine.base import InputError, check_images, check_labels
 from genloom.serve import edge
-from genloom.serve import logs, validation
-from genloom.serve.batcher import DeadlineExceeded, Overloaded
+from genloom.serve import logs
+from genloom.core import requests as validation
+from genloom.core.batcher import DeadlineExceeded, Overloaded
 from genloom.serve.encode import MEDIA, encode_images
 from genloom.serve.openapi import docs_html, openapi_spec
 from genloom.serve.service import ModelService, Server
@@ -45,8 +46,8 @@ def routes(server: Server) -> list[BaseRoute]:
                 status = str(resp.status_code)
                 server.metrics.requests.labels(known, name, status).inc()
                 server.metrics.latency.labels(known, name, status).observe(time.monotonic() - t0)
-                if resp.status_code in (503, 504):
-                    server.metrics.rejected.labels(known, "overload" if resp.status_code == 503 else "deadline").inc()
+                if resp.status_code in (429, 503, 504):
+                    server.metrics.rejected.labels(known, "deadline" if resp.status_code == 504 else "overload").inc()
             if cfg.access_log:
                 logs.log_request(request_id=rid, method=request.method, path=request.url.path, model=model,
                                  status=resp.status_code, t0=t0)
@@ -72,7 +73,7 @@ def routes(server: Server) -> list[BaseRoute]:
             entry = svc.batcher.submit(item, size=size, deadline=deadline, arrays=arrays, request_id=rid)
             return await edge.wait_result(request, entry.future, deadline)
         except Overloaded as e:
-            raise edge.HTTPError(503, f"model {svc.name!r} is overloaded: {e}; retry later",
+            raise edge.HTTPError(cfg.overload_status, f"model {svc.name!r} is overloaded: {e}; retry later",
                                  headers=edge.retry_after(e.retry_after)) from None
         except DeadlineExceeded:
             raise edge.HTTPError(504, "deadline passed while queued; raise X-Request-Timeout or retry later"
@@ -143,7 +144,14 @@ def routes(server: Server) -> list[BaseRoute]:
         return await generate_response(request, svc, p, deadline=deadline, request_id=rid)
 
     async def models(request: Request, rid: str) -> Response:
-        return JSONResponse({"models": [s.describe() for s in server.services.values()]})
+        from genloom.serve.openai import model_entry
+
+        described = [s.describe() for s in server.services.values()]
+        # OpenAI's list format ("object": "list", "data": [{"id", "object", "created", "owned_by", ...}]) for
+        # OpenAI clients; "models" is the same list in genloom's original format (the playground reads it)
+        return JSONResponse({"object": "list", "data": [model_entry(s, d) for s, d in
+                                                         zip(server.services.values(), described)],
+                             "models": described})
 
     async def healthz(request: Request, rid: str) -> Response:
         return JSONResponse({"status": "ok"})

@@ -22,7 +22,7 @@ from starlette.routing import BaseRoute
 from genloom.serve import api
 from genloom.serve.service import Server
 
-EXTRA_ROUTES: list[str] = ["genloom.serve.playground:routes"]  # "module:function" → function(server) -> routes
+EXTRA_ROUTES: list[str] = ["genloom.serve.playground:routes", "genloom.serve.openai:routes"]  # "module:function" → function(server) -> routes
 
 
 def create_app(server: Server) -> Starlette:

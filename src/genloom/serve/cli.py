@@ -35,6 +35,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker process (1)")
     p.add_argument("--max-body-bytes", type=int, default=None, help="request body limit (1 MiB)")
     p.add_argument("--no-access-log", action="store_true", help="do not log one JSON line per request")
+    p.add_argument("--overload-status", type=int, choices=[429, 503], default=None,
+                   help="HTTP status of an overload answer, with Retry-After (503: the server is out of capacity, "
+                        "proxies try another replica; 429: clients back off as on a rate limit)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_cmd_serve)
 
@@ -43,7 +46,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     settings = {k: getattr(args, k) for k in ("max_batch_size", "max_wait_ms", "max_queue", "max_n", "timeout_s",
                                               "threads")}
     server = {"host": args.host, "port": args.port, "max_body_bytes": args.max_body_bytes,
-              "access_log": False if args.no_access_log else None}
+              "access_log": False if args.no_access_log else None, "overload_status": args.overload_status}
     return load_config(models=list(args.models), config_file=args.config, cli_settings=settings,
                        cli_server=server)
 

@@ -68,6 +68,14 @@ class ServerConfig:
     access_log: bool = True  # one JSON line per request on stderr
     restart_backoff_s: tuple[float, float] = (0.05, 5.0)  # first and largest delay before a worker restart
     drain_timeout_s: float = 30.0  # SIGTERM: wait this long for in-flight requests
+    # status of an overload answer (always with Retry-After). 503 by default: the server as a whole is out of
+    # capacity, which load balancers and proxies take as "try another replica"; 429 suits clients that back off
+    # on rate limits (OpenAI SDKs retry both, with backoff).
+    overload_status: int = 503
+
+    def __post_init__(self) -> None:
+        if self.overload_status not in (429, 503):
+            raise GenloomError(f"overload_status must be 429 or 503, got {self.overload_status!r}")
 
 
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(ModelSettings))

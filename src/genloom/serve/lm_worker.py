@@ -8,6 +8,7 @@ text of all of them to the server in one message. Requests beyond ``slots`` wait
 from __future__ import annotations
 
 import collections
+import time
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -25,7 +26,8 @@ class LMLoop:
         self.waiting: collections.deque[dict[str, Any]] = collections.deque()
         self.rid_of: dict[int, int] = {}  # slot -> request id
         self.slot_of: dict[int, int] = {}  # request id -> slot
-        self.done: list[list[Any]] = []  # [rid, reason, error] finished since the last message
+        self.done: list[list[Any]] = []  # [rid, reason, error, tokens] finished since the last message
+        self.admitted: list[list[Any]] = []  # [rid, seconds it waited here for a slot] since the last message
         self._max_new: dict[int, int] = {}  # request id -> its max_new_tokens
 
     def run(self) -> None:
@@ -52,16 +54,20 @@ class LMLoop:
                 for slot in [s for s in self.rid_of if self.batch.is_done(s)]:
                     rid = self.rid_of.pop(slot)
                     del self.slot_of[rid]
-                    reason = "length" if len(self.batch.tokens(slot)) >= self._max_new[rid] else "stop"
+                    ntok = len(self.batch.tokens(slot))
+                    reason = "length" if ntok >= self._max_new[rid] else "stop"
                     self._max_new.pop(rid, None)
                     self.batch.remove(slot)
-                    self.done.append([rid, reason, None])
-            if events or self.done:
+                    self.done.append([rid, reason, None, ntok])
+            if events or self.done or self.admitted:
+                msg = {"op": "tokens", "events": events, "done": self.done, "n": n}
+                if self.admitted:
+                    msg["admitted"] = self.admitted
                 try:
-                    self.conn.send_bytes(ipc.encode({"op": "tokens", "events": events, "done": self.done, "n": n}))
+                    self.conn.send_bytes(ipc.encode(msg))
                 except (BrokenPipeError, OSError):
                     return
-                self.done = []
+                self.done, self.admitted = [], []
 
     def _handle(self, raw: bytes) -> bool:
         header, _ = ipc.decode(raw)
@@ -69,6 +75,7 @@ class LMLoop:
         if op == "stop":
             return False
         if op == "lm_add":
+            header["_t"] = time.monotonic()
             self.waiting.append(header)
         elif op == "lm_cancel":
             rid = header["rid"]
@@ -84,14 +91,16 @@ class LMLoop:
         while self.waiting and len(self.rid_of) < self.slots:
             h = self.waiting.popleft()
             rid = h["rid"]
+            waited = time.monotonic() - h["_t"]  # queue time: arrival here until a decode slot (before prefill)
             try:
                 ids = self.model.encode(h["prompt"], what="prompt")
                 slot = self.batch.add(ids, max_new_tokens=h["max_new_tokens"], temperature=h["temperature"],
                                       top_k=h.get("top_k"), top_p=h.get("top_p"), seed=h.get("seed"),
                                       stop=h.get("stop"))
             except Exception as e:  # bad prompt or sampling options: this request fails alone
-                self.done.append([rid, "error", str(e) or type(e).__name__])
+                self.done.append([rid, "error", str(e) or type(e).__name__, 0])
                 continue
+            self.admitted.append([rid, waited])
             self.rid_of[slot] = rid
             self.slot_of[rid] = slot
             self._max_new[rid] = h["max_new_tokens"]

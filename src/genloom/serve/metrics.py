@@ -7,6 +7,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# LM token timings: inter-token gaps are milliseconds, a long generation's end-to-end time is minutes
+TOKEN_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.5, 5.0)
+E2E_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0)
 
 
 class Metrics:
@@ -37,6 +40,21 @@ class Metrics:
         self.tokens = Counter("genloom_tokens_generated", "LM tokens streamed (rate() gives tokens/s)", ["model"],
                               registry=r)
         self.reloads = Counter("genloom_model_reloads", "hot reloads by outcome", ["model", "outcome"], registry=r)
+        # LM serving metrics users scale on (named like vLLM's, so its dashboards and HPA rules carry over);
+        # every LM request (native /generate and the OpenAI-compatible endpoints) is counted
+        self.ttft = Histogram("genloom_time_to_first_token_seconds", "LM: request arrival to its first token",
+                              ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.inter_token = Histogram("genloom_time_per_output_token_seconds", "LM: gap between consecutive "
+                                     "tokens of one request (inter-token latency)", ["model"],
+                                     buckets=TOKEN_BUCKETS, registry=r)
+        self.e2e = Histogram("genloom_e2e_request_latency_seconds", "LM: request arrival to its last token "
+                             "(completed generations)", ["model"], buckets=E2E_BUCKETS, registry=r)
+        self.lm_queue = Histogram("genloom_request_queue_time_seconds", "LM: time a request waited for a decode "
+                                  "slot in the continuous batch", ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.running = Gauge("genloom_num_requests_running", "LM: sequences in the continuous batch now",
+                             ["model"], registry=r)
+        self.waiting = Gauge("genloom_num_requests_waiting", "LM: sequences waiting for a decode slot",
+                             ["model"], registry=r)
 
     def track(self, *, model: str, depth: Callable[[], float], streams: Callable[[], float],
               up: Callable[[], float]) -> None:
@@ -44,6 +62,10 @@ class Metrics:
         self.queue_depth.labels(model).set_function(depth)
         self.streams.labels(model).set_function(streams)
         self.worker_up.labels(model).set_function(up)
+
+    def track_lm(self, *, model: str, running: Callable[[], float], waiting: Callable[[], float]) -> None:
+        self.running.labels(model).set_function(running)
+        self.waiting.labels(model).set_function(waiting)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from genloom import __version__
-from genloom.serve.validation import json_schema
+from genloom.core.requests import json_schema
 
 ERRORS = {"404": "unknown model", "413": "request body too large", "422": "invalid input; `field` names it",
           "503": "overloaded or restarting; see Retry-After", "504": "deadline passed (X-Request-Timeout)"}

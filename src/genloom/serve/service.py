@@ -8,7 +8,7 @@ import logging
 import time
 from typing import Any
 
-from genloom.serve.batcher import Batcher, Entry
+from genloom.core.batcher import Batcher, Entry
 from genloom.serve.config import ModelSpec, ServerConfig
 from genloom.serve.metrics import Metrics
 from genloom.serve.supervisor import Supervisor
@@ -34,6 +34,9 @@ class ModelService:
                                    max_queue=s.max_queue, on_batch=self._on_batch)
         metrics.track(model=self.name, depth=lambda: self.batcher.depth if self.batcher else 0,
                       streams=lambda: self.supervisor.open_streams, up=lambda: float(self.supervisor.ready))
+        if self.kind == "lm":
+            metrics.track_lm(model=self.name, running=lambda: len(self.supervisor.running),
+                             waiting=lambda: self.supervisor.open_streams - len(self.supervisor.running))
 
     @property
     def header(self) -> Any:

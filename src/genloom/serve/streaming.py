@@ -9,13 +9,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from genloom.serve import edge
-from genloom.serve.batcher import DeadlineExceeded, Overloaded
+from genloom.core.batcher import DeadlineExceeded, Overloaded
 from genloom.serve.workers import InputRejected, WorkerUnavailable
 
 
-def _map(e: Exception) -> edge.HTTPError:
+def _map(e: Exception, overload_status: int = 503) -> edge.HTTPError:
     if isinstance(e, Overloaded):
-        return edge.HTTPError(503, f"overloaded: {e}; retry later", headers=edge.retry_after(e.retry_after))
+        return edge.HTTPError(overload_status, f"overloaded: {e}; retry later",
+                              headers=edge.retry_after(e.retry_after))
     if isinstance(e, DeadlineExceeded):
         return edge.HTTPError(504, f"{e}; raise X-Request-Timeout or ask for fewer tokens")
     if isinstance(e, WorkerUnavailable):
@@ -34,6 +35,7 @@ async def generate_response(request: Request, svc: Any, p: dict[str, Any], *, de
     params = {k: p[k] for k in ("prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed")}
     params["stop"] = [p["stop"]] if isinstance(p["stop"], str) else p["stop"]
     t0 = time.monotonic()
+    overload = request.app.state.server.config.overload_status
     # streams: the deadline bounds the first token, then each token gets the model's timeout (a live stream of
     # any length is fine, a stalled one ends); plain requests: the deadline bounds the whole generation
     tokens = svc.supervisor.stream(params, deadline=deadline, idle_s=svc.settings.timeout_s if p["stream"] else None)
@@ -43,7 +45,7 @@ async def generate_response(request: Request, svc: Any, p: dict[str, Any], *, de
     except StopAsyncIteration:
         first = None
     except (Overloaded, DeadlineExceeded, WorkerUnavailable, InputRejected) as e:
-        raise _map(e) from None
+        raise _map(e, overload) from None
     ttft = time.monotonic() - t0
 
     if not p["stream"]:
@@ -52,7 +54,7 @@ async def generate_response(request: Request, svc: Any, p: dict[str, Any], *, de
             async for t in tokens:
                 parts.append(t)
         except (Overloaded, DeadlineExceeded, WorkerUnavailable, InputRejected) as e:
-            raise _map(e) from None
+            raise _map(e, overload) from None
         return JSONResponse({"model": svc.name, "text": "".join(parts), "tokens": len(parts),
                              "ttft_ms": round(ttft * 1000, 3)})
 
@@ -68,7 +70,7 @@ async def generate_response(request: Request, svc: Any, p: dict[str, Any], *, de
             yield _sse("done", {"tokens": n, "ttft_ms": round(ttft * 1000, 3),
                                 "seconds": round(time.monotonic() - t0, 4)})
         except (Overloaded, DeadlineExceeded, WorkerUnavailable, InputRejected) as e:
-            err = _map(e)
+            err = _map(e, overload)
             yield _sse("error", {"error": str(err), "status": err.status})
         finally:
             await tokens.aclose()  # client gone or done: leave the decode loop at the next step

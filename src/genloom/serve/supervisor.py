@@ -10,9 +10,10 @@ from typing import Any, AsyncIterator
 
 import numpy as np
 
+from genloom.core.supervision import Backoff
 from genloom.export import ModelFile, read_header
 from genloom.serve import tracing
-from genloom.serve.batcher import DeadlineExceeded, Overloaded
+from genloom.core.batcher import DeadlineExceeded, Overloaded
 from genloom.serve.config import ModelSpec
 from genloom.serve.workers import (HANG_GRACE_S, InputRejected, ModelLoadError, WorkerCrashed, WorkerProcess,
                                    WorkerUnavailable, unpack_outputs)
@@ -30,17 +31,18 @@ class Supervisor:
         self.path = Path(spec.path)
         self.header: ModelFile = read_header(self.path)
         self.kind = self.header.kind
-        self.backoff = backoff
+        self.backoff = Backoff(*backoff, stable_s=STABLE_S)
+        self._delay = 0.0
         self.metrics = metrics
         self.worker: WorkerProcess | None = None
         self.state = "starting"  # starting | ready | restarting | stopped
         self.restarts = 0
-        self._crashes_in_row = 0
         self._ready = asyncio.Event()
         self._stopping = False
         self._restart_task: asyncio.Task | None = None
         self._reload_lock = asyncio.Lock()
         self.open_streams = 0
+        self.running: set[int] = set()  # LM request ids holding a decode slot (the rest of open_streams wait)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def _new_worker(self, path: Path) -> WorkerProcess:
@@ -74,7 +76,7 @@ class Supervisor:
         if w.retired or self._stopping or w is not self.worker:
             return
         lived = time.monotonic() - w.started_at
-        self._crashes_in_row = 0 if lived > STABLE_S else self._crashes_in_row + 1
+        self._delay = self.backoff.next(lived)
         self.restarts += 1
         self.state = "restarting"
         self._ready.clear()
@@ -84,17 +86,15 @@ class Supervisor:
         self._restart_task = asyncio.get_running_loop().create_task(self._restart())
 
     async def _restart(self) -> None:
-        first, most = self.backoff
-        attempt = max(0, self._crashes_in_row - 1)
+        delay = self._delay
         while not self._stopping:
-            # exponential backoff: first · 2^k, capped — a worker that keeps crashing does not spin the CPU
-            await asyncio.sleep(min(most, first * 2 ** attempt))
+            await asyncio.sleep(delay)  # core.supervision.Backoff: a worker that keeps crashing does not spin
             w = self._new_worker(self.path)
             try:
                 await w.start()
             except ModelLoadError as e:
                 log.error("worker restart failed", extra={"model": self.name, "error": str(e)})
-                attempt += 1
+                delay = self.backoff.next(0.0)
                 continue
             if self._stopping:
                 await w.stop()
@@ -183,20 +183,25 @@ class Supervisor:
 
     # -- LM streams -------------------------------------------------------------------------------------------
     def _on_tokens(self, w: WorkerProcess, header: dict[str, Any]) -> None:
+        for rid, waited in header.get("admitted", ()):
+            if rid in w.streams:
+                self.running.add(rid)
+                if self.metrics is not None:
+                    self.metrics.lm_queue.labels(self.name).observe(waited)
         for rid, text in header.get("events", []):
             q = w.streams.get(rid)
             if q is not None:
                 q.put_nowait(("token", text))
         n = int(header.get("n", 0))  # tokens sampled in this decode step, over all requests
-        for rid, reason, error in header.get("done", []):
+        for rid, reason, error, *ntok in header.get("done", []):
             q = w.streams.get(rid)
             if q is not None:
-                q.put_nowait(("error", error) if error else ("done", reason))
+                q.put_nowait(("error", error) if error else ("done", (reason, ntok[0] if ntok else None)))
         if n and self.metrics is not None:
             self.metrics.tokens.labels(self.name).inc(n)
 
-    async def stream(self, params: dict[str, Any], *, deadline: float, idle_s: float | None = None
-                     ) -> AsyncIterator[str]:
+    async def stream(self, params: dict[str, Any], *, deadline: float, idle_s: float | None = None,
+                     info: dict[str, Any] | None = None) -> AsyncIterator[str]:
         """Tokens (as text) of one LM request, joined to the worker's running decode loop.
 
         ``deadline`` bounds the whole generation; with ``idle_s`` (streaming) it bounds only the first token,
@@ -205,8 +210,11 @@ class Supervisor:
 
         A crash before the first token retries once on the restarted worker; after it, the stream fails with
         WorkerUnavailable (the client has text it cannot un-receive). Closing the iterator (the client left)
-        removes the request from the decode loop at the next step.
+        removes the request from the decode loop at the next step. ``info`` (optional) receives
+        ``finish_reason`` ("stop" | "length") and ``completion_tokens`` when the generation completes.
         """
+        t_start = time.monotonic()
+        m = self.metrics
         limit = self.settings.max_batch_size + self.settings.max_queue
         if self.open_streams >= limit:
             raise Overloaded(f"{self.open_streams} generations in progress or waiting (limit {limit})",
@@ -219,6 +227,7 @@ class Supervisor:
                 q: asyncio.Queue = asyncio.Queue()
                 w.streams[rid] = q
                 produced, finished = False, False
+                t_last = 0.0
                 try:
                     w.send({"op": "lm_add", "rid": rid, **params})
                     while True:
@@ -228,10 +237,20 @@ class Supervisor:
                         except TimeoutError:
                             raise DeadlineExceeded("deadline passed during generation") from None
                         if kind == "token":
-                            produced = True
+                            now = time.monotonic()
+                            if m is not None:
+                                if produced:
+                                    m.inter_token.labels(self.name).observe(now - t_last)
+                                else:
+                                    m.ttft.labels(self.name).observe(now - t_start)
+                            produced, t_last = True, now
                             yield value
                         elif kind == "done":
                             finished = True
+                            if m is not None:
+                                m.e2e.labels(self.name).observe(time.monotonic() - t_start)
+                            if info is not None:
+                                info["finish_reason"], info["completion_tokens"] = value
                             return
                         elif kind == "error":
                             finished = True
@@ -247,6 +266,7 @@ class Supervisor:
                         raise WorkerUnavailable(f"model {self.name!r}: the worker is restarting") from None
                 finally:
                     w.streams.pop(rid, None)
+                    self.running.discard(rid)
                     if not finished:
                         try:
                             w.send({"op": "lm_cancel", "rid": rid})

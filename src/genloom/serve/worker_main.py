@@ -9,7 +9,8 @@ Messages (``serve/ipc.py`` framing, no pickle). Server → worker:
 - ``{"op": "stop"}``: finish and exit.
 
 Worker → server: ``ready`` (or ``load_error``), ``result`` per batch, ``tokens`` per decode step.
-The process exits when the pipe closes, so a dead server never leaves orphans.
+The process exits when the pipe closes or the server dies (``core.supervision.bind_to_parent``), so a dead
+server never leaves orphans.
 """
 from __future__ import annotations
 
@@ -155,8 +156,12 @@ def _load(path: str, threads: int) -> Any:
     return TorchSampler(load(path), kind)
 
 
-def main(conn: Connection, path: str, threads: int, slots: int) -> None:
-    """Entry point of the worker process."""
+def main(conn: Connection, path: str, threads: int, slots: int, supervisor_pid: int | None = None) -> None:
+    """Entry point of the worker process (forked by the forkserver: it dies with the server, see
+    ``core.supervision``)."""
+    from genloom.core.supervision import bind_to_parent
+
+    bind_to_parent(supervisor_pid)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     try:
         engine = _load(path, threads)

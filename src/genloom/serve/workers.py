@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import os
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -90,7 +91,8 @@ class WorkerProcess:
 
         ctx = mp_context()
         parent, child = ctx.Pipe(duplex=True)
-        self._proc = ctx.Process(target=worker_main.main, args=(child, str(self.path), self.threads, self.slots),
+        self._proc = ctx.Process(target=worker_main.main,
+                                 args=(child, str(self.path), self.threads, self.slots, os.getpid()),
                                  daemon=True, name=f"genloom-worker:{self.path.name}")
         await asyncio.to_thread(self._proc.start)  # the first start launches the forkserver (imports torch)
         child.close()

@@ -5,7 +5,7 @@ time) with what it lacks: a bound on the queue that refuses work at once (``Over
 Retry-After), per-request deadlines (``DeadlineExceeded`` → 504) whose expired or cancelled entries are dropped
 before they reach the model, and an admission estimate that refuses a request that could not finish before its
 deadline anyway. The batcher knows nothing about HTTP or processes: ``run_batch(entries) -> results`` does the
-work, so it is tested on its own (tests/test_serve_batcher.py).
+work, so it is tested on its own (tests/test_core_batcher.py).
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from genloom.serve.batcher import Batcher, DeadlineExceeded, Entry, Overloaded
+from genloom.core.batcher import Batcher, DeadlineExceeded, Entry, Overloaded
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 
