@@ -173,7 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from genloom.runconfig import main_argv
+
     parser = build_parser()
+    try:
+        argv = main_argv(argv, parser)  # train --config FILE: the file's flags, before the command line's
+    except GenloomError as e:
+        print(f"genloom: error: {e}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

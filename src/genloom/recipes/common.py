@@ -14,6 +14,7 @@ import torch
 
 from genloom.data.batches import BatchSource
 from genloom.models.base import GenerativeModel
+from genloom.runconfig import write_resolved
 from genloom.train.schedules import SCHEDULES
 from genloom.train.trainer import TrainConfig, Trainer
 
@@ -46,6 +47,9 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--patience": ("patience", int, "early stopping: validations without improvement before stopping"),
     "--min-delta": ("min_delta", float, "early stopping: the improvement that counts"),
     "--checkpoint-every": ("checkpoint_every", int, "write checkpoints/last.pt every N epochs"),
+    "--checkpoint-steps": ("checkpoint_steps", int, "also write checkpoints/last.pt every N steps, keeping a copy "
+                           "checkpoints/step-NNNNNNNN.pt (for long runs)"),
+    "--keep-checkpoints": ("keep_checkpoints", int, "how many step-NNNNNNNN.pt copies to keep (default 3)"),
     "--log-every": ("log_every", int, "write a metrics.jsonl record every N steps"),
     "--seed": ("seed", int, "random seed (data order, initialisation, noise)"),
     "--matmul-precision": ("matmul_precision", str, "float32 matmuls: ieee (exact), bf16 (oneDNN rounds the inputs "
@@ -55,12 +59,19 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
 
 
 def add_common_args(p: argparse.ArgumentParser, rec: ModuleType) -> None:
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="read flags from a TOML file (keys: the flag names, e.g. lr = 1e-3; flags given here win; "
+                        "OUT/config.toml of a run repeats it)")
     p.add_argument("--out", required=True, type=Path,
                    help="run directory: model.safetensors, metrics.jsonl, loss.png, samples/, checkpoints/")
     p.add_argument("--preset", choices=sorted(rec.PRESETS) or None, default=None,
                    help="named recipe: " + "; ".join(f"{k}: {v.get('_doc', '')}" for k, v in rec.PRESETS.items())
                    if rec.PRESETS else "no presets for this family")
-    p.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoints/last.pt")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue exactly where a run stopped: from OUT/checkpoints/last.pt, or from CHECKPOINT "
+                        "(a .pt file, or a run directory whose last checkpoint to take)")
+    p.add_argument("--no-tensorboard", action="store_true",
+                   help="no TensorBoard event files (default: written to OUT beside metrics.jsonl)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("training (defaults depend on the family and preset)")
@@ -88,7 +99,8 @@ def train_config(args: argparse.Namespace, rec: ModuleType) -> TrainConfig:
                 merged.pop(n, None)
     if merged.get("grad_clip") == 0:
         merged["grad_clip"] = None
-    return TrainConfig(out=str(args.out), progress=not args.no_progress and sys.stderr.isatty(), **{
+    return TrainConfig(out=str(args.out), progress=not args.no_progress and sys.stderr.isatty(),
+                       tensorboard=not getattr(args, "no_tensorboard", False), **{
         k: v for k, v in merged.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
 
 
@@ -102,13 +114,33 @@ def preset_value(args: argparse.Namespace, rec: ModuleType, name: str, default: 
     return default
 
 
+def resolved_flags(args: argparse.Namespace, rec: ModuleType, tcfg: TrainConfig) -> dict[str, Any]:
+    """Every flag's value for OUT/config.toml: training settings as resolved (flag > preset > family default),
+    the family's own as given or as the preset sets them; None where unset (the family default applies)."""
+    preset = rec.PRESETS[args.preset] if getattr(args, "preset", None) else {}
+    train = {name for name, _, _ in TRAIN_FLAGS.values()}
+    out: dict[str, Any] = {}
+    for k, v in vars(args).items():
+        if k in ("command", "family", "func", "config", "resume") or callable(v):
+            continue
+        if k in train:
+            v = getattr(tcfg, k)
+            if k == "grad_clip" and v is None:
+                v = 0.0  # --grad-clip 0 (off), not the family default
+        elif v is None and isinstance(preset.get(k), (str, int, float)):
+            v = preset[k]  # (a list-valued preset setting is left to the preset, which is written too)
+        out[k] = str(v) if isinstance(v, Path) else v
+    return out
+
+
 def run(rec: ModuleType, args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     tcfg = train_config(args, rec)
     torch.manual_seed(tcfg.seed)  # initialisation is part of the seeded run
     built: Built = rec.build(args, tcfg)
-    argv = [a for a in sys.argv[1:] if a != "--resume"]
+    write_resolved(Path(tcfg.out) / "config.toml", args.family, resolved_flags(args, rec, tcfg))
+    argv = [a for a in sys.argv[1:] if a != "--resume" and not a.startswith("--resume=")]
     trainer = Trainer(built.model, tcfg, built.train, built.val, provenance=built.provenance,
                       on_epoch_end=built.on_epoch_end, resume=args.resume,
                       resume_cmd="genloom " + shlex.join(argv) + " --resume")

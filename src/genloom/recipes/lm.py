@@ -87,8 +87,20 @@ def build(args: argparse.Namespace, tcfg) -> Built:
             res.update(val_loss=res["best_val_loss"], bpc=round(trainer.best_val / math.log(2), 4))
         return res
 
+    def text_sample(trainer) -> None:
+        """After each validation interval: 200 characters from "\n" (seeded) as a TensorBoard text sample."""
+        if getattr(trainer.log, "tb", None) is None:
+            return
+        model.eval()
+        with torch.random.fork_rng(devices=[]):
+            text = model.generate(1, generator=torch.Generator().manual_seed(1234), max_new_tokens=200,
+                                  temperature=0.8)[0]
+        model.train()
+        trainer.log.text("samples", trainer.step, text)
+
     return Built(
         model=model,
+        on_epoch_end=[text_sample],
         train=WindowBatches(train, batch_size=tcfg.batch_size, block_size=cfg.block_size,
                             steps=tcfg.val_every or 500),
         val=SequentialWindows(val, block_size=cfg.block_size, batch_size=val_batch),

@@ -21,7 +21,7 @@ from genloom.data.batches import BatchSource
 from genloom.errors import GenloomError
 from genloom.models.base import GenerativeModel, LossOutput
 from genloom.train.allocator import keep_freed_memory
-from genloom.train.checkpoint import load_checkpoint, save_checkpoint
+from genloom.train.checkpoint import keep_step_copy, load_checkpoint, save_checkpoint
 from genloom.train.metrics import MetricsLog, plot_loss_curve
 from genloom.train.precision import CHOICES as PRECISIONS
 from genloom.train.precision import matmul_precision
@@ -48,6 +48,9 @@ class TrainConfig:
     patience: int | None = None  # early stopping: validations without improvement ≥ min_delta
     min_delta: float = 0.0
     checkpoint_every: int = 1  # epochs (also: at every validation when val_every is set)
+    checkpoint_steps: int | None = None  # also every N steps: last.pt and a kept copy step-NNNNNNNN.pt
+    keep_checkpoints: int = 3  # step-*.pt copies kept (the oldest are deleted)
+    tensorboard: bool = True  # TensorBoard event files beside metrics.jsonl (train/tensorboard.py)
     log_every: int = 10
     seed: int = 0
     progress: bool = True
@@ -61,7 +64,8 @@ class TrainConfig:
                              f"not {self.matmul_precision!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        for name in ("epochs", "steps", "batch_size", "log_every", "checkpoint_every"):
+        for name in ("epochs", "steps", "batch_size", "log_every", "checkpoint_every", "checkpoint_steps",
+                     "keep_checkpoints"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {v}")
@@ -74,7 +78,7 @@ class Trainer:
                  *, provenance: dict[str, Any] | None = None,
                  on_epoch_end: list[Callable[["Trainer"], None]] | None = None,
                  on_step: Callable[["Trainer", LossOutput], None] | None = None,
-                 resume: bool = False, resume_cmd: str | None = None) -> None:
+                 resume: bool | str | Path = False, resume_cmd: str | None = None) -> None:
         self.model, self.cfg, self.train_src, self.val_src = model, cfg, train, val
         keep_freed_memory()  # no page faults for the same activations every step (allocator.py)
         self.out = Path(cfg.out)
@@ -107,8 +111,9 @@ class Trainer:
         self._last_val_step = -1
         self.losses: list[float] = []
         self._stop_reason: str | None = None
-        resume_step = self._resume() if resume else None
-        self.log = MetricsLog(self.out / "metrics.jsonl", resume_step=resume_step)
+        # resume=True: OUT/checkpoints/last.pt; a path: that checkpoint file, or that run directory's last.pt
+        resume_step = self._resume(self._resume_path(resume)) if resume else None
+        self.log = MetricsLog(self.out / "metrics.jsonl", resume_step=resume_step, tensorboard=cfg.tensorboard)
 
     # -- hooks used by model.train_step -----------------------------------------------------------------
     def clip_and_step(self, name: str, loss: torch.Tensor, *, params: list[torch.nn.Parameter] | None = None) -> float:
@@ -144,14 +149,20 @@ class Trainer:
         save_checkpoint(path, self._state())
         return path
 
-    def _resume(self) -> int:
-        ck = load_checkpoint(self.ckpt_dir / "last.pt")
+    def _resume_path(self, resume: bool | str | Path) -> Path:
+        if resume is True:
+            return self.ckpt_dir / "last.pt"
+        p = Path(resume)
+        return p / "checkpoints" / "last.pt" if p.is_dir() else p
+
+    def _resume(self, path: Path) -> int:
+        ck = load_checkpoint(path)
         try:
             self.model.load_state_dict(ck["model"])
             for k, o in self.optimizers.items():
                 o.load_state_dict(ck["optimizers"][k])
         except (KeyError, RuntimeError, ValueError) as e:
-            raise GenloomError(f"{self.ckpt_dir / 'last.pt'}: does not match this model/config ({e}); use the "
+            raise GenloomError(f"{path}: does not match this model/config ({e}); use the "
                                f"same flags as the original run or a new --out") from None
         t = ck["trainer"]
         self.step, self.epoch, self.batch_in_epoch = t["step"], t["epoch"], t["batch_in_epoch"]
@@ -161,6 +172,9 @@ class Trainer:
         torch.set_rng_state(ck["rng"]["torch"])
         self.epoch_gen_state = ck["rng"]["epoch_data"]
         self._resumed_mid_epoch = True
+        self.resumed_from = path
+        print(f"Resumed from {path} (step {self.step}, epoch {self.epoch}, {self.elapsed:.0f} s trained)",
+              file=sys.stderr)
         return self.step
 
     # -- validation -----------------------------------------------------------------------------------------
@@ -287,6 +301,8 @@ class Trainer:
                     bar.update(1)
                     if self.on_step:
                         self.on_step(self, out)
+                    if self.cfg.checkpoint_steps and self.step % self.cfg.checkpoint_steps == 0:
+                        self._checkpoint(t0, keep_step=True)
                     if self.cfg.val_every and self.step % self.cfg.val_every == 0 and self.val_src is not None:
                         self.validate()
                         self._checkpoint(t0)
@@ -313,9 +329,11 @@ class Trainer:
             bar.close()
             self.elapsed += time.monotonic() - t0
 
-    def _checkpoint(self, t0: float) -> None:
+    def _checkpoint(self, t0: float, *, keep_step: bool = False) -> None:
         elapsed, self.elapsed = self.elapsed, self.elapsed + time.monotonic() - t0
-        self.save_checkpoint("last.pt")
+        path = self.save_checkpoint("last.pt")
+        if keep_step:  # --checkpoint-steps: a copy per step count, the newest keep_checkpoints of them kept
+            keep_step_copy(path, self.step, keep=self.cfg.keep_checkpoints)
         self.elapsed = elapsed
 
     def finish(self) -> Path:
