@@ -30,7 +30,7 @@ from torch import nn
 from genloom.data.batches import ImageBatches
 from genloom.data.images import load_images
 from genloom.models.vae import VAE, VAEConfig
-from genloom.train.trainer import TrainConfig, Trainer
+from genloom.training.trainer import TrainConfig, Trainer
 
 
 class RefVAE(nn.Module):  # pytorch/examples vae/main.py

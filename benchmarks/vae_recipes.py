@@ -22,8 +22,8 @@ import torch
 from genloom.data.images import load_images
 from genloom.eval.elbo import evaluate_vae
 from genloom.models.vae import VAE, VAEConfig
-from genloom.train.allocator import keep_freed_memory
-from genloom.train.precision import matmul_precision
+from genloom.training.allocator import keep_freed_memory
+from genloom.training.precision import matmul_precision
 
 keep_freed_memory()
 torch.set_num_threads(1)

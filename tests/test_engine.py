@@ -74,24 +74,24 @@ def test_conditional_labels(cvae_path: Path) -> None:
     np.testing.assert_array_equal(a, eng.sample(3, seed=0))  # default labels cycle 0, 1, 2
     b = eng.sample(3, seed=0, labels=[2])
     assert not np.allclose(a, b)
-    with pytest.raises(InputError, match="labels value 3 out of range 0..2"):
+    with pytest.raises(InputError, match="labels: value 3 out of range 0..2"):
         eng.sample(2, labels=[0, 3])
-    with pytest.raises(InputError, match="labels has 2 values but n is 3"):
+    with pytest.raises(InputError, match="labels: has 2 values but n is 3"):
         eng.sample(3, labels=[0, 1])
 
 
 @pytest.mark.parametrize(("call", "match"), [
-    (lambda e: e.sample(0), "n must be between 1 and"),
-    (lambda e: e.sample(10**9), "n must be between 1 and"),
-    (lambda e: e.sample(2.5), "n must be an integer"),
-    (lambda e: e.sample(2, seed=-1), "seed must be between"),
-    (lambda e: e.sample(2, seed="x"), "seed must be an integer"),
+    (lambda e: e.sample(0), "n: must be between 1 and 1024"),
+    (lambda e: e.sample(10**9), "n: must be between 1 and 1024"),
+    (lambda e: e.sample(2.5), "n: must be an integer"),
+    (lambda e: e.sample(2, seed=-1), "seed: must be between"),
+    (lambda e: e.sample(2, seed="x"), "seed: must be an integer"),
     (lambda e: e.sample(2, labels=[1]), "not conditional"),
-    (lambda e: e.decode(np.zeros((2, 5))), r"z must have shape \(n, 4\)"),
-    (lambda e: e.decode(np.full((1, 4), np.nan)), "z values must be finite"),
-    (lambda e: e.encode(np.zeros((2, 27, 28))), r"x must have shape \(n, 28, 28\)"),
+    (lambda e: e.decode(np.zeros((2, 5))), r"z: must have shape \(n, 4\)"),
+    (lambda e: e.decode(np.full((1, 4), np.nan)), "z: values must be finite"),
+    (lambda e: e.encode(np.zeros((2, 27, 28))), r"x: must have shape \(n, 28, 28\)"),
     (lambda e: e.encode(np.full((1, 28, 28), 255.0)), r"in \[0, 1\]"),
-    (lambda e: e.interpolate(0, 1, steps=0), "steps must be between"),
+    (lambda e: e.interpolate(0, 1, steps=0), "steps: must be between"),
 ])
 def test_bad_input_names_the_field(vae_path: Path, call, match: str) -> None:
     eng = load(vae_path, backend="eager")
@@ -145,13 +145,13 @@ def test_lm_generate_and_stream(tmp_path: Path) -> None:
     assert "".join(eng.stream("ab", max_new_tokens=12, temperature=1.0, seed=3)) == out[0]
     with pytest.raises(InputError, match="character 'z' is not in the model's vocabulary"):
         eng.generate(["az"], max_new_tokens=1)
-    with pytest.raises(InputError, match="prompts must be a list"):
+    with pytest.raises(InputError, match="prompts: must be a list"):
         eng.generate("ab", max_new_tokens=1)  # type: ignore[arg-type]
-    with pytest.raises(InputError, match="max_new_tokens must be"):
+    with pytest.raises(InputError, match="max_new_tokens: must be"):
         eng.generate(["ab"], max_new_tokens=-1)
-    with pytest.raises(InputError, match="top_p must be"):
+    with pytest.raises(InputError, match="top_p: must be"):
         list(eng.stream("ab", top_p=1.5))
-    with pytest.raises(InputError, match="unknown generation option"):
+    with pytest.raises(InputError, match="max_tokens: unknown field"):
         eng.generate(["ab"], max_tokens=3)
 
 

@@ -13,7 +13,7 @@ from genloom import export
 from genloom.cli import main
 from genloom.data.images import load_images
 from genloom.errors import DataError
-from genloom.train.metrics import read_metrics
+from genloom.training.metrics import read_metrics
 
 pytestmark = pytest.mark.timeout(240)
 TINY = ["--dim", "8", "--latent", "16", "--kernel", "4", "--batch-size", "16", "--threads", "1", "--no-progress",

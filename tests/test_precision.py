@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from genloom.data.batches import ImageBatches
 from genloom.data.images import ImageData
 from genloom.models.vae import VAE, VAEConfig
-from genloom.train.allocator import keep_freed_memory
-from genloom.train.precision import fast_bf16_available, matmul_precision, resolve
-from genloom.train.trainer import TrainConfig, Trainer
+from genloom.training.allocator import keep_freed_memory
+from genloom.training.precision import fast_bf16_available, matmul_precision, resolve
+from genloom.training.trainer import TrainConfig, Trainer
 
 
 def test_resolve_and_reject() -> None:

@@ -6,9 +6,10 @@ import json
 import numpy as np
 import pytest
 
+from genloom.core.requests import ModelInfo
 from genloom.queue import messages as m
 
-KINDS = {"vae": "vae", "lm": "lm"}
+KINDS = {"vae": "vae", "lm": "lm", "cvae": ModelInfo("vae", num_classes=3)}
 
 
 def body(**kw: object) -> bytes:
@@ -27,16 +28,16 @@ def test_valid_sample_request_gets_defaults() -> None:
     (b"[1, 2]", "invalid", "JSON object"),
     (body(id=""), "invalid", "id must be"),
     (body(model="nope"), "unknown_model", "unknown model 'nope'"),
-    (body(op="train"), "invalid", "op must be one of"),
-    (body(params={"n": 0}), "invalid", "params.n"),
-    (body(params={"n": True}), "invalid", "params.n"),
-    (body(params={"n": 2, "labels": [1, 2, 3]}), "invalid", "labels has 3 values"),
-    (body(params={"format": "png"}), "invalid", "params.format"),
-    (body(params={"size": 3}), "invalid", "unknown params ['size']"),
-    (body(params={"seed": -1}), "invalid", "params.seed"),
-    (body(op="generate", params={"prompt": "x"}), "invalid", "needs a language model"),
-    (body(model="lm", op="generate", params={"prompt": 3}), "invalid", "params.prompt"),
-    (body(model="lm", op="generate", params={"prompt": "a", "top_p": 0}), "invalid", "params.top_p"),
+    (body(op="train"), "invalid", "op: must be one of"),
+    (body(params={"n": 0}), "invalid", "n: must be between 1 and 1024"),
+    (body(params={"n": True}), "invalid", "n: must be an integer"),
+    (body(model="cvae", params={"n": 2, "labels": [1, 2, 3]}), "invalid", "labels: has 3 values"),
+    (body(params={"format": "png"}), "invalid", "format: must be one of u8, f32"),
+    (body(params={"size": 3}), "invalid", "size: unknown field"),
+    (body(params={"seed": -1}), "invalid", "seed: must be between"),
+    (body(op="generate", params={"prompt": "x"}), "invalid", "op: generate needs a model of kind lm"),
+    (body(model="lm", op="generate", params={"prompt": 3}), "invalid", "prompt: must be a string"),
+    (body(model="lm", op="generate", params={"prompt": "a", "top_p": 0}), "invalid", "top_p: must be in (0, 1]"),
 ])
 def test_invalid_requests_name_the_problem(raw: bytes, code: str, fragment: str) -> None:
     with pytest.raises(m.InvalidRequest) as e:
@@ -56,7 +57,7 @@ def test_invalid_params_keep_the_request_id_for_the_error_response() -> None:
 def test_generate_request_defaults() -> None:
     req = m.parse_request(body(model="lm", op="generate", params={"prompt": "Once"}), kinds=KINDS)
     assert req.params == {"prompt": "Once", "max_new_tokens": 200, "temperature": 0.8, "top_k": None,
-                          "top_p": None, "seed": None}
+                          "top_p": None, "seed": None, "stop": None}
 
 
 @pytest.mark.parametrize("fmt, tol", [("u8", 1 / 510 + 1e-7), ("f32", 0.0)])

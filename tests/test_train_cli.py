@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from genloom import cli
-from genloom.train.metrics import read_metrics
+from genloom.training.metrics import read_metrics
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -13,10 +13,10 @@ from genloom import export
 from genloom.data.batches import ImageBatches
 from genloom.data.images import load_images
 from genloom.models.vae import VAE, VAEConfig
-from genloom.train.checkpoint import load_checkpoint, save_checkpoint
-from genloom.train.metrics import read_metrics
-from genloom.train.schedules import lr_factor
-from genloom.train.trainer import TrainConfig, Trainer
+from genloom.training.checkpoint import load_checkpoint, save_checkpoint
+from genloom.training.metrics import read_metrics
+from genloom.training.schedules import lr_factor
+from genloom.training.trainer import TrainConfig, Trainer
 
 SMALL = VAEConfig(enc_hidden=(64,), dec_hidden=(64,), latent=4)
 
@@ -114,7 +114,7 @@ def test_grad_clip_bounds_update(idx_dir, tmp_path):
 _WRITER = r"""
 import sys, torch
 from pathlib import Path
-from genloom.train.checkpoint import save_checkpoint
+from genloom.training.checkpoint import save_checkpoint
 p = Path(sys.argv[1]); i = 0
 while True:
     i += 1

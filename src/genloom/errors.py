@@ -11,3 +11,7 @@ class DataError(GenloomError):
 
 class ModelFileError(GenloomError):
     """A model file is not a valid genloom safetensors export."""
+
+
+class ConfigError(GenloomError, ValueError):
+    """An option value is invalid (a flag, a ``genloom.train`` keyword, a config field)."""

@@ -7,38 +7,20 @@ as ``genloom.vocab`` (JSON list of characters) for the LM. Weights are loaded me
 from __future__ import annotations
 
 import json
-import os
-import struct
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as save_bytes
 
 import genloom
 from genloom.errors import ModelFileError
+from genloom.fileformat import FORMAT_VERSION, ModelFile, atomic_write, read_header
 from genloom.models import model_class
 from genloom.models.base import config_from_dict, config_to_json
 
-FORMAT_VERSION = "1"
-SUPPORTED_FORMATS = {"1"}
-MAX_HEADER = 100 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class ModelFile:
-    """What the header says, without touching the weights."""
-
-    path: Path
-    kind: str
-    format: str
-    config: dict[str, Any]
-    provenance: dict[str, Any]
-    metadata: dict[str, str]
-    tensors: dict[str, tuple[str, list[int]]]  # name -> (dtype, shape)
+__all__ = ["ModelFile", "read_header", "save", "load", "build", "FORMAT_VERSION"]
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -46,7 +28,7 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def save(model: torch.nn.Module, path: str | Path, *, provenance: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` to ``path`` atomically (temp file + fsync + rename)."""
+    """Write ``model`` to ``path`` atomically (``fileformat.atomic_write``: temp file, fsync, rename, fsync dir)."""
     model = _unwrap(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,69 +43,8 @@ def save(model: torch.nn.Module, path: str | Path, *, provenance: dict[str, Any]
     # Tied weights (e.g. the LM head) are stored once, under the first name: safetensors refuses shared storage.
     state = model.state_dict()
     tensors = {name: state[name].detach().contiguous().cpu() for name in set(_aliases(model).values())}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def read_header(path: str | Path) -> ModelFile:
-    """Parse and validate the safetensors header and genloom metadata (raises ModelFileError)."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise ModelFileError(f"{path}: not a safetensors file (only {size} bytes)")
-            (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER or n + 8 > size:
-                raise ModelFileError(f"{path}: not a safetensors file, or truncated (header length {n}, "
-                                     f"file {size} bytes)")
-            raw = f.read(n)
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: no such model file") from None
-    except IsADirectoryError:
-        raise ModelFileError(f"{path}: is a directory; pass the .safetensors file (e.g. {path}/model.safetensors)"
-                             ) from None
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ModelFileError(f"{path}: not a safetensors file (header is not JSON)") from None
-    if not isinstance(header, dict):
-        raise ModelFileError(f"{path}: not a safetensors file (header is not a JSON object)")
-    meta = header.pop("__metadata__", None) or {}
-    end = 0
-    tensors = {}
-    for name, info in header.items():
-        try:
-            tensors[name] = (info["dtype"], list(info["shape"]))
-            end = max(end, int(info["data_offsets"][1]))
-        except (TypeError, KeyError, IndexError, ValueError):
-            raise ModelFileError(f"{path}: malformed safetensors entry for tensor {name!r}") from None
-    if 8 + n + end > size:
-        raise ModelFileError(f"{path}: truncated: the header describes {8 + n + end} bytes, the file has {size}; "
-                             f"copy or export it again")
-    if "genloom.kind" not in meta:
-        raise ModelFileError(f"{path}: a safetensors file but not a genloom export (no genloom.kind metadata)")
-    fmt = meta.get("genloom.format", "?")
-    if fmt not in SUPPORTED_FORMATS:
-        raise ModelFileError(f"{path}: genloom format version {fmt!r} is not supported by genloom "
-                             f"{genloom.__version__} (supports {', '.join(sorted(SUPPORTED_FORMATS))}); upgrade genloom")
-    try:
-        config = json.loads(meta["genloom.config"])
-        provenance = json.loads(meta.get("genloom.provenance", "{}"))
-    except (KeyError, json.JSONDecodeError):
-        raise ModelFileError(f"{path}: genloom.config metadata is missing or not JSON") from None
-    return ModelFile(path, meta["genloom.kind"], fmt, config, provenance, meta, tensors)
+    data = save_bytes(tensors, metadata=meta)
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def build(info: ModelFile) -> torch.nn.Module:

@@ -1,100 +1,108 @@
-"""Run a batch of validated requests for one model in one forward pass, and split the results back.
+"""``run_batch(engine, requests)``: a batch of validated requests (``core.requests``) for one model, run together
+and split back — the one inference loop under the HTTP worker processes, the AMQP worker, the CLI and tests.
 
-VAE: each request's latent codes are drawn exactly as ``Engine.sample(n, seed=...)`` draws them (numpy PCG64
-noise per seed), concatenated into one (Σn, latent) matrix, decoded by one ``engine.decode`` call and split —
-so a seeded request gives the same images as ``genloom sample`` or the HTTP server, batched or not (up to
-float32 rounding: BLAS sums in a different order for another batch size, |Δ| ≤ 1e-6). Seedless
-requests share one noise draw. Other image engines run one ``sample`` per request; the LM runs one ``generate``
-call per group of requests with equal sampling settings.
+Images (``sample``): each request's latent codes are drawn exactly as ``engine.sample(n, seed=...)`` draws them
+(numpy PCG64 noise per seed, ``engine.base.noise``): a seed is one picture on every transport.
+
+- An exact backend (``EXACT_BACKENDS``: fp32 eager, numpy) decodes each request on its own: BLAS blocks a
+  matmul differently for another number of rows (|Δ| ≈ 1e-7), so only the request's own shape is
+  bit-identical to ``engine.sample``, whatever batch the request was grouped into.
+- A fast backend (bf16, int8, compile, onnx) decodes the whole batch in one forward pass: the same 8-bit
+  picture within its documented tolerance, at the speed of batching.
+
+Seedless requests share one draw from ``rng``. ``reconstruct`` / ``interpolate`` run one call per request.
+LM (``generate``): one ``engine.generate`` call per group of requests with equal settings; a seeded request is a
+group of its own (``generate`` gives prompt i of a call the seed ``seed + i``), so its text is the same alone
+or batched.
+
+The result of each request is a float32 (n, 28, 28) array in [0, 1] or a text; a request that fails on its own
+(bad input the engine refused) gets its exception in its place, a failure of the whole batch raises.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from genloom.queue.messages import InvalidRequest, Request, encode_images
+EXACT_BACKENDS = frozenset({"exact", "eager", "numpy"})
+_GEN_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop")
 
 
-class ModelRunner:
-    """One loaded model. ``check`` validates model-specific params; ``run`` executes a batch."""
-
-    def __init__(self, name: str, path: str | Path, *, threads: int | None = 1) -> None:
-        from genloom import engine
-
-        self.name = name
-        self.path = Path(path)
-        self.engine = engine.load(path, threads=threads)
-        self.kind: str = self.engine.kind
-        self.num_classes = int(getattr(self.engine, "num_classes", 0) or 0)
-
-    def check(self, req: Request) -> None:
-        """Raise InvalidRequest for params that this model can never accept (never retried)."""
-        if req.op == "generate":
-            vocab = set(getattr(self.engine, "vocab", ()))
-            bad = next((ch for ch in req.params["prompt"] if vocab and ch not in vocab), None)
-            if bad is not None:
-                raise InvalidRequest(f"params.prompt: character {bad!r} is not in the model's vocabulary",
-                                     request_id=req.id)
-        if req.op == "sample":
-            from genloom.engine.base import InputError, check_labels
-
-            try:
-                check_labels(req.params["labels"], req.params["n"], self.num_classes)
-            except InputError as e:
-                raise InvalidRequest(f"params.labels: {e}", request_id=req.id) from None
-
-    def run(self, reqs: list[Request]) -> list[Any]:
-        """The JSON result of each request, in order. Raises on a (transient) failure of the whole batch."""
-        if self.kind == "lm":
-            return self._generate(reqs)
-        if hasattr(self.engine, "decode") and hasattr(self.engine, "latent"):
-            images = self._sample_batched(reqs)
+def run_batch(engine: Any, requests: Sequence[Mapping[str, Any]], *,
+              rng: np.random.Generator | None = None) -> list[Any]:
+    """Results of ``requests`` (each ``{"op": ..., **params}``, validated) in order; see the module docstring."""
+    out: list[Any] = [None] * len(requests)
+    by_op: dict[str, list[int]] = {}
+    for i, r in enumerate(requests):
+        by_op.setdefault(r["op"], []).append(i)
+    for op, idx in by_op.items():
+        if op == "sample":
+            _samples(engine, [requests[i] for i in idx], rng, out, idx)
+        elif op == "generate":
+            _generate(engine, [requests[i] for i in idx], out, idx)
         else:
-            images = [self.engine.sample(r.params["n"], seed=r.params["seed"], labels=r.params["labels"])
-                      for r in reqs]
-        return [encode_images(img, r.params["format"]) for img, r in zip(images, reqs)]
+            for i in idx:
+                out[i] = _one(engine, requests[i])
+    return out
 
-    def _sample_batched(self, reqs: list[Request]) -> list[np.ndarray]:
-        from genloom.engine.base import check_labels, check_seed, noise
 
-        latent = int(self.engine.latent)
-        sizes = [int(r.params["n"]) for r in reqs]
-        z = np.empty((sum(sizes), latent), np.float32)  # (Σn, latent)
-        offsets = np.concatenate([[0], np.cumsum(sizes)])
-        seedless = [i for i, r in enumerate(reqs) if r.params["seed"] is None]
-        if seedless:  # one draw for all seedless requests
-            shared = noise(check_seed(None), sum(sizes[i] for i in seedless), latent)
-            k = 0
-            for i in seedless:
-                z[offsets[i]:offsets[i + 1]] = shared[k:k + sizes[i]]
-                k += sizes[i]
-        for i, r in enumerate(reqs):
-            if r.params["seed"] is not None:
-                z[offsets[i]:offsets[i + 1]] = noise(r.params["seed"], sizes[i], latent)
-        labels = None
-        if self.num_classes:
-            labels = np.concatenate([check_labels(r.params["labels"], n, self.num_classes)
-                                     for r, n in zip(reqs, sizes)])  # (Σn,)
-        out = self.engine.decode(z, labels=labels)  # (Σn, 28, 28)
-        return [out[offsets[i]:offsets[i + 1]] for i in range(len(reqs))]
+def _one(engine: Any, r: Mapping[str, Any]) -> Any:
+    try:
+        if r["op"] == "reconstruct":
+            return engine.reconstruct(r["images"], labels=r.get("labels"))
+        if r["op"] == "interpolate":
+            return engine.interpolate(r["a"], r["b"], steps=r["steps"], label=r.get("label"))
+        raise ValueError(f"unknown op {r['op']!r}")
+    except Exception as e:  # a bad item fails alone; the rest of the batch is served
+        return e
 
-    def _generate(self, reqs: list[Request]) -> list[Any]:
-        # one generate() call per group of equal settings; the engine gives prompt i of a call seed + i, so a
-        # seeded request is a group of its own (same text as the same request sent alone)
-        groups: dict[tuple[Any, ...], list[int]] = {}
-        for i, r in enumerate(reqs):
-            key = tuple(sorted((k, v) for k, v in r.params.items() if k != "prompt"))
-            groups.setdefault(key if r.params["seed"] is None else (*key, ("#", i)), []).append(i)
-        results: list[Any] = [None] * len(reqs)
-        for key, idx in groups.items():
-            texts = self.engine.generate([reqs[i].params["prompt"] for i in idx],
-                                         **{k: v for k, v in key if k != "#"})
-            if isinstance(texts, str):
-                texts = [texts]
-            if len(texts) != len(idx):
-                raise RuntimeError(f"engine returned {len(texts)} texts for {len(idx)} prompts")
-            for i, text in zip(idx, texts):
-                results[i] = {"text": text}
-        return results
+
+def _samples(engine: Any, reqs: list[Mapping[str, Any]], rng: np.random.Generator | None, out: list[Any],
+             idx: list[int]) -> None:
+    from genloom.engine.base import check_labels, check_seed, noise
+
+    latent = getattr(engine, "latent", None)
+    if latent is None or not hasattr(engine, "decode"):  # no batched decode: one call per request
+        for i, r in zip(idx, reqs):
+            out[i] = engine.sample(r["n"], seed=r["seed"], labels=r["labels"])
+        return
+    num_classes = int(getattr(engine, "num_classes", 0) or 0)
+    sizes = [int(r["n"]) for r in reqs]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    z = np.empty((offsets[-1], latent), np.float32)  # (Σn, latent)
+    seedless = [k for k, r in enumerate(reqs) if r["seed"] is None]
+    if seedless:  # one draw for all seedless requests
+        total = sum(sizes[k] for k in seedless)
+        shared = (rng.standard_normal((total, latent), dtype=np.float32) if rng is not None
+                  else noise(check_seed(None), total, latent))
+        at = 0
+        for k in seedless:
+            z[offsets[k]:offsets[k + 1]] = shared[at:at + sizes[k]]
+            at += sizes[k]
+    for k, r in enumerate(reqs):
+        if r["seed"] is not None:  # z ~ N(0, I) from the request's own seed, as engine.sample draws it
+            z[offsets[k]:offsets[k + 1]] = noise(check_seed(r["seed"]), sizes[k], latent)
+    ys = [check_labels(r["labels"], n, num_classes) for r, n in zip(reqs, sizes)]
+    if getattr(engine, "backend", None) in EXACT_BACKENDS:  # bit-identical to engine.sample: its own shape
+        for k, i in enumerate(idx):
+            out[i] = engine.decode(z[offsets[k]:offsets[k + 1]], labels=ys[k])
+        return
+    labels = None if not num_classes else np.concatenate(ys)  # (Σn,)
+    images = engine.decode(z, labels=labels)  # (Σn, 28, 28): one forward pass for the whole batch
+    for k, i in enumerate(idx):
+        out[i] = images[offsets[k]:offsets[k + 1]]
+
+
+def _generate(engine: Any, reqs: list[Mapping[str, Any]], out: list[Any], idx: list[int]) -> None:
+    groups: dict[Any, list[int]] = {}
+    for k, r in enumerate(reqs):
+        key = tuple((name, tuple(v) if isinstance(v, list) else v) for name, v in
+                    ((name, r.get(name)) for name in _GEN_KEYS))
+        groups.setdefault(key if r.get("seed") is None else (*key, ("#", k)), []).append(k)
+    for key, ks in groups.items():
+        opts = {name: (list(v) if isinstance(v, tuple) else v) for name, v in key if name != "#"}
+        texts = engine.generate([reqs[k]["prompt"] for k in ks], **opts)
+        if len(texts) != len(ks):
+            raise RuntimeError(f"engine returned {len(texts)} texts for {len(ks)} prompts")
+        for k, text in zip(ks, texts):
+            out[idx[k]] = text

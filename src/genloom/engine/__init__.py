@@ -6,7 +6,7 @@
 
 Engines by kind: ``vae`` (sample, decode, encode, reconstruct, interpolate), ``gan`` (sample), ``lm``
 (generate, stream). ``backend="numpy"`` (or ``genloom.engine.lite``) runs the VAE decoder / GAN generator
-without importing torch at all (its ``header`` is a ``lite.LiteHeader``: the same fields as ``export.ModelFile``).
+without importing torch at all (its ``header`` is the same ``fileformat.ModelFile`` as every engine's).
 This module itself imports neither torch nor numpy.
 
 Thread-safety: call an engine from one thread at a time. Calls do not change the engine, but the torch/BLAS

@@ -10,22 +10,42 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from genloom.errors import GenloomError
+from genloom.core import requests
+from genloom.core.requests import ModelInfo, RequestError
 
-MAX_N = 65_536  # images per call; 65,536 × 784 float32 = 205 MB of output
+MAX_N = 65_536  # rows per decode/encode call (a server's batch); 65,536 × 784 float32 = 205 MB of output
 IMAGE_HW = (28, 28)
 BACKENDS = ("auto", "eager", "compile", "bf16", "int8", "onnx", "numpy")
+InputError = RequestError  # bad input to an engine call: ``"<field>: <message>"``, the same text on every transport
 
 
-class InputError(GenloomError, ValueError):
-    """Bad input to an engine call; the message names the field and the fix (HTTP edges answer 422)."""
+def info_of(engine: Any) -> ModelInfo:
+    """Kind, classes and vocabulary of an engine's model file (what request validation checks against)."""
+    info = engine.__dict__.get("_info")
+    if info is None:
+        info = engine.__dict__["_info"] = ModelInfo.of_header(engine.header)
+    return info
+
+
+def check_request(engine: Any, op: str, **params: Any) -> dict[str, Any]:
+    """A Python call's arguments through the one request schema (``core.requests``): the same limits and the
+    same error text as the CLI, HTTP and AMQP."""
+    return requests.check(op, params, model=info_of(engine))
+
+
+def sample_inputs(engine: Any, n: Any, seed: Any, labels: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """``sample(n, seed=, labels=)`` of any image engine: validated, then z ~ N(0, I) from the seed (numpy
+    PCG64, ``noise``) and the (n,) labels (None for an unconditional model) — the one noise source."""
+    p = check_request(engine, "sample", n=n, seed=seed, labels=labels)
+    n = p["n"]
+    return noise(check_seed(p["seed"]), n, int(engine.latent)), check_labels(p["labels"], n, engine.num_classes)
 
 
 def check_n(n: Any, *, field: str = "n", max_n: int = MAX_N) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise InputError(f"{field} must be an integer, got {type(n).__name__}")
+        raise InputError(field, f"must be an integer, got {type(n).__name__}")
     if not 1 <= int(n) <= max_n:
-        raise InputError(f"{field} must be between 1 and {max_n}, got {n}")
+        raise InputError(field, f"must be between 1 and {max_n}, got {n}")
     return int(n)
 
 
@@ -34,9 +54,9 @@ def check_seed(seed: Any) -> int:
     if seed is None:
         return int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise InputError(f"seed must be an integer or null, got {type(seed).__name__}")
+        raise InputError("seed", f"must be an integer or null, got {type(seed).__name__}")
     if not 0 <= int(seed) < 2**63:
-        raise InputError(f"seed must be between 0 and 2**63 - 1, got {seed}")
+        raise InputError("seed", f"must be between 0 and 2**63 - 1, got {seed}")
     return int(seed)
 
 
@@ -47,24 +67,17 @@ def check_labels(labels: Sequence[int] | None, n: int, num_classes: int) -> np.n
     """
     if not num_classes:
         if labels is not None:
-            raise InputError("labels given but this model is not conditional; pass labels=null")
+            raise InputError("labels", "given but this model is not conditional; pass null")
         return None
     if labels is None:
         return np.arange(n, dtype=np.int64) % num_classes
     try:
         arr = np.asarray(labels)
     except Exception:
-        raise InputError("labels must be a list of integers") from None
-    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
-        raise InputError(f"labels must be a flat list of integers, got shape {arr.shape} of {arr.dtype}")
-    if len(arr) == 1:
-        arr = np.repeat(arr, n)
-    if len(arr) != n:
-        raise InputError(f"labels has {len(arr)} values but n is {n}; give one label or n labels")
-    bad = arr[(arr < 0) | (arr >= num_classes)]
-    if bad.size:
-        raise InputError(f"labels value {int(bad[0])} out of range 0..{num_classes - 1}")
-    return arr.astype(np.int64)
+        raise InputError("labels", "must be an integer or a non-empty list of integers") from None
+    if arr.ndim > 1 or (arr.size and arr.dtype.kind not in "iu"):
+        raise InputError("labels", "must be an integer or a non-empty list of integers")
+    return np.asarray(requests.check_labels(arr.tolist(), n, num_classes), dtype=np.int64)
 
 
 def check_images(x: Any, *, field: str = "x", x_dim: int = 784, max_n: int = MAX_N) -> np.ndarray:
@@ -72,13 +85,13 @@ def check_images(x: Any, *, field: str = "x", x_dim: int = 784, max_n: int = MAX
     try:
         arr = np.asarray(x, dtype=np.float32)
     except (TypeError, ValueError):
-        raise InputError(f"{field} must be a float array of images in [0, 1]") from None
+        raise InputError(field, "must be a float array of images in [0, 1]") from None
     if arr.ndim < 2 or int(np.prod(arr.shape[1:])) != x_dim:
-        raise InputError(f"{field} must have shape (n, 28, 28) or (n, {x_dim}), got {arr.shape}")
+        raise InputError(field, f"must have shape (n, 28, 28) or (n, {x_dim}), got {arr.shape}")
     check_n(len(arr), field=f"len({field})", max_n=max_n)
     flat = arr.reshape(len(arr), x_dim)  # (n, 784)
     if not np.isfinite(flat).all() or flat.min() < 0.0 or flat.max() > 1.0:
-        raise InputError(f"{field} values must be finite and in [0, 1]; scale 8-bit images by 1/255")
+        raise InputError(field, "values must be finite and in [0, 1]; scale 8-bit images by 1/255")
     return flat
 
 
@@ -87,19 +100,19 @@ def check_latent(z: Any, latent: int, *, field: str = "z", max_n: int = MAX_N) -
     try:
         arr = np.asarray(z, dtype=np.float32)
     except (TypeError, ValueError):
-        raise InputError(f"{field} must be a float array of shape (n, {latent})") from None
+        raise InputError(field, f"must be a float array of shape (n, {latent})") from None
     if arr.ndim == 1:
         arr = arr[None]  # (1, latent)
     if arr.ndim != 2 or arr.shape[1] != latent:
-        raise InputError(f"{field} must have shape (n, {latent}), got {np.shape(z)}")
+        raise InputError(field, f"must have shape (n, {latent}), got {np.shape(z)}")
     check_n(len(arr), field=f"len({field})", max_n=max_n)
     if not np.isfinite(arr).all():
-        raise InputError(f"{field} values must be finite")
+        raise InputError(field, "values must be finite")
     return arr
 
 
 def check_steps(steps: Any) -> int:
-    return check_n(steps, field="steps", max_n=1024)
+    return check_n(steps, field="steps", max_n=requests.DEFAULT_LIMITS.max_steps)
 
 
 def noise(seed: int, n: int, dim: int) -> np.ndarray:

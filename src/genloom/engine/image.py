@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from genloom.engine import backends
-from genloom.engine.base import (IMAGE_HW, Engine, check_images, check_labels, check_latent, check_n,
-                                 check_seed, check_steps, noise, onehot, slerp)
+from genloom.engine.base import (IMAGE_HW, Engine, check_images, check_labels, check_latent,
+                                 check_seed, check_steps, noise, onehot, sample_inputs, slerp)
 from genloom.export import ModelFile
 
 ZOrSeed = int | Sequence[float] | np.ndarray
@@ -53,9 +53,7 @@ class VAEEngine(Engine):
     # -- calls --------------------------------------------------------------------------------------------
     def sample(self, n: int, *, seed: int | None = None, labels: Sequence[int] | None = None) -> np.ndarray:
         """n images from the prior p(z) = N(0, I), decoded to Bernoulli means: (n, 28, 28) in [0, 1]."""
-        n = check_n(n)
-        y = check_labels(labels, n, self.num_classes)
-        return self._run_decoder(noise(check_seed(seed), n, self.latent), y)
+        return self._run_decoder(*sample_inputs(self, n, seed, labels))
 
     def decode(self, z: Any, *, labels: Sequence[int] | None = None) -> np.ndarray:
         """Latent codes (n, latent) → images (n, 28, 28)."""
@@ -114,9 +112,7 @@ class GANEngine(Engine):
 
     def sample(self, n: int, *, seed: int | None = None, labels: Sequence[int] | None = None) -> np.ndarray:
         """n images G(z), z ~ N(0, I): (n, 28, 28) in [0, 1]. A conditional model without labels cycles classes."""
-        n = check_n(n)
-        y = check_labels(labels, n, self.num_classes)
-        return self._run(noise(check_seed(seed), n, self.latent), y)
+        return self._run(*sample_inputs(self, n, seed, labels))
 
     def decode(self, z: Any, *, labels: Sequence[int] | None = None) -> np.ndarray:
         """G(z) for given latent codes (n, latent): lets a server draw each request's noise and batch them."""

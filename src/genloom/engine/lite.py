@@ -14,89 +14,21 @@ else ``openblas_set_num_threads`` through ctypes, best effort); the pool is proc
 """
 from __future__ import annotations
 
-import json
 import os
-import struct
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from genloom.errors import ModelFileError
+from genloom.fileformat import ModelFile, read_header
 
-SUPPORTED_FORMATS = {"1"}
-MAX_HEADER = 100 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class LiteHeader:
-    """The same fields as ``export.ModelFile``, read without torch."""
-
-    path: Path
-    kind: str
-    format: str
-    config: dict[str, Any]
-    provenance: dict[str, Any]
-    metadata: dict[str, str]
-    tensors: dict[str, tuple[str, list[int]]]  # name -> (dtype, shape)
-    offsets: dict[str, tuple[int, int]]  # name -> byte range in the file
-    data_start: int  # 8 + header length
-
-
-def read_header(path: str | Path) -> LiteHeader:
-    """Parse and validate a genloom safetensors header (raises ModelFileError naming the problem)."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise ModelFileError(f"{path}: not a safetensors file (only {size} bytes)")
-            (n,) = struct.unpack("<Q", head)  # little-endian u64 header length
-            if n > MAX_HEADER or n + 8 > size:
-                raise ModelFileError(f"{path}: not a safetensors file, or truncated (header length {n}, "
-                                     f"file {size} bytes)")
-            raw = f.read(n)
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: no such model file") from None
-    except IsADirectoryError:
-        raise ModelFileError(f"{path}: is a directory; pass the .safetensors file (e.g. {path}/model.safetensors)"
-                             ) from None
-    try:
-        header = json.loads(raw)
-        assert isinstance(header, dict)
-    except (UnicodeDecodeError, json.JSONDecodeError, AssertionError):
-        raise ModelFileError(f"{path}: not a safetensors file (header is not a JSON object)") from None
-    meta = header.pop("__metadata__", None) or {}
-    tensors, offsets = {}, {}
-    for name, info in header.items():
-        try:
-            tensors[name] = (str(info["dtype"]), [int(d) for d in info["shape"]])
-            offsets[name] = (int(info["data_offsets"][0]), int(info["data_offsets"][1]))
-        except (TypeError, KeyError, IndexError, ValueError):
-            raise ModelFileError(f"{path}: malformed safetensors entry for tensor {name!r}") from None
-    end = max((b for _, b in offsets.values()), default=0)
-    if 8 + n + end > size:
-        raise ModelFileError(f"{path}: truncated: the header describes {8 + n + end} bytes, the file has {size}; "
-                             f"copy or export it again")
-    if "genloom.kind" not in meta:
-        raise ModelFileError(f"{path}: a safetensors file but not a genloom export (no genloom.kind metadata)")
-    fmt = meta.get("genloom.format", "?")
-    if fmt not in SUPPORTED_FORMATS:
-        raise ModelFileError(f"{path}: genloom format version {fmt!r} is not supported (supports "
-                             f"{', '.join(sorted(SUPPORTED_FORMATS))}); upgrade genloom")
-    try:
-        config = json.loads(meta["genloom.config"])
-        provenance = json.loads(meta.get("genloom.provenance", "{}"))
-    except (KeyError, json.JSONDecodeError):
-        raise ModelFileError(f"{path}: genloom.config metadata is missing or not JSON") from None
-    return LiteHeader(path, meta["genloom.kind"], fmt, config, provenance, meta, tensors, offsets, 8 + n)
+LiteHeader = ModelFile  # the header type of this path (the same as export's); kept for callers of the old name
 
 
 class Weights:
     """Tensors of one file as numpy arrays over one read-only memory map (no copy for float32)."""
 
-    def __init__(self, header: LiteHeader) -> None:
+    def __init__(self, header: ModelFile) -> None:
         import numpy as np
 
         self.header = header
@@ -199,16 +131,14 @@ class LiteEngineBase:
     latent: int
     num_classes: int
 
-    def __init__(self, header: LiteHeader) -> None:
+    def __init__(self, header: ModelFile) -> None:
         self.header = header
         self.weights = Weights(header)
 
     def sample(self, n: int, *, seed: int | None = None, labels: Sequence[int] | None = None) -> Any:
-        from genloom.engine.base import check_labels, check_n, check_seed, noise
+        from genloom.engine.base import sample_inputs
 
-        n = check_n(n)
-        y = check_labels(labels, n, self.num_classes)
-        return self._images(noise(check_seed(seed), n, self.latent), y)
+        return self._images(*sample_inputs(self, n, seed, labels))
 
     def decode(self, z: Any, *, labels: Sequence[int] | None = None) -> Any:
         from genloom.engine.base import check_labels, check_latent
@@ -236,7 +166,7 @@ class LiteEngineBase:
 class LiteVAE(LiteEngineBase):
     kind: ClassVar[str] = "vae"
 
-    def __init__(self, header: LiteHeader) -> None:
+    def __init__(self, header: ModelFile) -> None:
         super().__init__(header)
         c = header.config
         if c.get("likelihood", "bernoulli") not in ("bernoulli", "gaussian"):
@@ -287,7 +217,7 @@ class LiteVAE(LiteEngineBase):
 class LiteGAN(LiteEngineBase):
     kind: ClassVar[str] = "gan"
 
-    def __init__(self, header: LiteHeader) -> None:
+    def __init__(self, header: ModelFile) -> None:
         super().__init__(header)
         c = header.config
         self.latent, self.num_classes = int(c.get("latent", 128)), int(c.get("num_classes", 0))

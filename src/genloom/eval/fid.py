@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from genloom.errors import GenloomError
+from genloom.fileformat import atomic_write
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets"
 SHIPPED = {"fashion-mnist": "fmnist_classifier.safetensors"}
@@ -120,11 +120,7 @@ def real_stats(classifier_path: str | Path, classifier: torch.nn.Module, images:
         pass  # missing or unreadable: compute it again
     mu, sigma = feature_stats(features(classifier, images))
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, mu=mu, sigma=sigma)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: np.savez(f, mu=mu, sigma=sigma))
     except OSError:
         pass  # a read-only cache only costs the recomputation
     return mu, sigma

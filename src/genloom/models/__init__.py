@@ -9,6 +9,8 @@ KINDS: dict[str, str] = {
     "gan": "genloom.models.gan:GAN",
     "classifier": "genloom.models.classifier:Classifier",
     "lm": "genloom.models.transformer:TransformerLM",
+    "autoencoder": "genloom.models.autoencoder:Autoencoder",
+    "flow": "genloom.models.flow:FlowModel",
 }
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genloom.errors import ConfigError
 from genloom.models.base import GenerativeModel, LossOutput
 
 
@@ -26,11 +27,11 @@ class ClassifierConfig:
 
     def __post_init__(self) -> None:
         if self.num_classes < 2 or self.width < 1 or self.feature_dim < 1:
-            raise ValueError("num_classes must be ≥ 2, width and feature_dim ≥ 1")
+            raise ConfigError("num_classes must be ≥ 2, width and feature_dim ≥ 1")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if tuple(self.image_shape) != (1, 28, 28):
-            raise ValueError("the classifier is built for (1, 28, 28) images")
+            raise ConfigError("the classifier is built for (1, 28, 28) images")
 
 
 class Classifier(GenerativeModel):

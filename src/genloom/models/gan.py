@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genloom.errors import ConfigError
 from genloom.models.base import GenerativeModel, LossOutput, TrainerHooks
 from genloom.models.gan_nets import ConvCritic, ConvGenerator, MLPCritic, MLPGenerator
 
@@ -40,22 +41,22 @@ class GANConfig:
 
     def __post_init__(self) -> None:
         if self.arch not in ("conv", "mlp"):
-            raise ValueError(f"arch must be 'conv' or 'mlp', not {self.arch!r}")
+            raise ConfigError(f"arch must be 'conv' or 'mlp', not {self.arch!r}")
         if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
+            raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
         if self.critic_norm not in ("none", "layer"):
-            raise ValueError(f"critic_norm must be 'none' or 'layer' (batch norm breaks the per-sample penalty), "
+            raise ConfigError(f"critic_norm must be 'none' or 'layer' (batch norm breaks the per-sample penalty), "
                              f"not {self.critic_norm!r}")
         if self.gen_norm not in ("none", "batch"):
-            raise ValueError(f"gen_norm must be 'none' or 'batch', not {self.gen_norm!r}")
+            raise ConfigError(f"gen_norm must be 'none' or 'batch', not {self.gen_norm!r}")
         if self.kernel not in (3, 4, 5):
-            raise ValueError(f"kernel must be 3, 4 or 5, not {self.kernel}")
+            raise ConfigError(f"kernel must be 3, 4 or 5, not {self.kernel}")
         if min(self.latent, self.dim, self.n_critic) < 1 or self.num_classes < 0:
-            raise ValueError("latent, dim and n_critic must be ≥ 1, num_classes ≥ 0")
+            raise ConfigError("latent, dim and n_critic must be ≥ 1, num_classes ≥ 0")
         if self.gp_weight < 0 or self.ema_kimg < 0 or self.ema_rampup < 0:
-            raise ValueError("gp_weight, ema_kimg and ema_rampup must be ≥ 0")
+            raise ConfigError("gp_weight, ema_kimg and ema_rampup must be ≥ 0")
         if tuple(self.image_shape) != (1, 28, 28):
-            raise ValueError("the GAN nets are built for (1, 28, 28) images")
+            raise ConfigError("the GAN nets are built for (1, 28, 28) images")
 
 
 # -- losses (each a mean over the batch; math next to the line) ------------------------------------------------

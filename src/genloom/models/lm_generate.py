@@ -27,13 +27,16 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 import torch.nn.functional as F
 
 from genloom.errors import GenloomError
-from genloom.models.transformer import KVCache, TransformerLM
+from genloom.models.kv_cache import KVCache
+
+if TYPE_CHECKING:  # the model imports this module to generate: a type-only import keeps the two acyclic
+    from genloom.models.transformer import TransformerLM
 
 
 @dataclass

@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from genloom.data.text import CharTokenizer
+from genloom.errors import ConfigError
 from genloom.models.base import GenerativeModel, LossOutput
+from genloom.models.kv_cache import KVCache
 
 
 @dataclass(frozen=True)
@@ -37,17 +39,17 @@ class LMConfig:
 
     def __post_init__(self) -> None:
         if min(self.vocab_size, self.block_size, self.n_layer, self.n_head, self.n_embd) < 1:
-            raise ValueError("vocab_size, block_size, n_layer, n_head and n_embd must be ≥ 1")
+            raise ConfigError("vocab_size, block_size, n_layer, n_head and n_embd must be ≥ 1")
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.pos not in ("learned", "rope"):
-            raise ValueError(f"pos must be 'learned' or 'rope', not {self.pos!r}")
+            raise ConfigError(f"pos must be 'learned' or 'rope', not {self.pos!r}")
         if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
-            raise ValueError("rope needs an even head size (n_embd / n_head)")
+            raise ConfigError("rope needs an even head size (n_embd / n_head)")
         if self.mlp not in ("gelu", "swiglu"):
-            raise ValueError(f"mlp must be 'gelu' or 'swiglu', not {self.mlp!r}")
+            raise ConfigError(f"mlp must be 'gelu' or 'swiglu', not {self.mlp!r}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError("dropout must be in [0, 1)")
+            raise ConfigError("dropout must be in [0, 1)")
 
 
 def rope_tables(positions: torch.Tensor, head_size: int, base: float, dtype: torch.dtype
@@ -63,21 +65,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x: (B, nh, T, hs); cos/sin broadcast as (B or 1, 1, T, hs/2)."""
     x1, x2 = x.chunk(2, dim=-1)  # each (B, nh, T, hs/2)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-
-
-@dataclass
-class KVCache:
-    """Pre-allocated keys/values for ``slots`` sequences: k, v each (n_layer, slots, n_head, block_size, hs)."""
-
-    k: torch.Tensor
-    v: torch.Tensor
-
-    @classmethod
-    def empty(cls, config: LMConfig, slots: int, *, device: str | torch.device = "cpu",
-              dtype: torch.dtype = torch.float32) -> "KVCache":
-        hs = config.n_embd // config.n_head
-        shape = (config.n_layer, slots, config.n_head, config.block_size, hs)
-        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
 
 
 class CausalSelfAttention(nn.Module):

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genloom.errors import ConfigError
 from genloom.models.base import GenerativeModel, LossOutput
 
 LOG_2PI = math.log(2 * math.pi)
@@ -34,11 +35,11 @@ class VAEConfig:
 
     def __post_init__(self) -> None:
         if self.likelihood not in ("bernoulli", "gaussian"):
-            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', not {self.likelihood!r}")
+            raise ConfigError(f"likelihood must be 'bernoulli' or 'gaussian', not {self.likelihood!r}")
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {self.activation!r}")
+            raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {self.activation!r}")
         if self.latent < 1 or self.beta < 0 or self.num_classes < 0:
-            raise ValueError("latent must be ≥ 1, beta ≥ 0, num_classes ≥ 0")
+            raise ConfigError("latent must be ≥ 1, beta ≥ 0, num_classes ≥ 0")
 
 
 def _mlp(sizes: list[int], act: type[nn.Module]) -> nn.Sequential:

@@ -9,12 +9,13 @@ Request (JSON body, published persistent to queue ``genloom.<model>`` on the def
 Response (JSON body, published to ``reply_to`` with the request's ``correlation_id``)::
 
     {"id": "r-1", "ok": true,  "result": {"format": "u8", "shape": [1, 28, 28], "data": "<base64>"}}
-    {"id": "r-1", "ok": false, "error": "params.n must be ...", "code": "invalid"}
+    {"id": "r-1", "ok": false, "error": "n: must be between 1 and 1024, got 0", "code": "invalid"}
 
 Sample results are compact: ``format="u8"`` (default) is base64 of the uint8 pixels round(255·x), row-major
 (n, 28, 28) — 784 bytes per image, quantisation error ≤ 1/510; ``format="f32"`` is base64 of the exact
 little-endian float32 values in [0, 1]. ``decode_images`` turns either back into a float32 numpy array.
-Error codes: ``invalid`` (bad JSON or params: dead-lettered, never retried), ``unknown_model``, ``failed``
+Params follow the one request schema of every transport (``core/requests.py``: the same limits, defaults and
+error text as HTTP, the CLI and Python). Error codes: ``invalid`` (bad JSON or params: dead-lettered, never retried), ``unknown_model``, ``failed``
 (a transient failure that exhausted its retries).
 """
 from __future__ import annotations
@@ -22,9 +23,12 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
+
+from genloom.core import requests
+from genloom.core.requests import DEFAULT_LIMITS, Limits, ModelInfo
 
 QUEUE_PREFIX = "genloom."
 DEAD_SUFFIX = ".dead"  # dead-letter queue of model m: "genloom.m.dead"
@@ -35,9 +39,8 @@ H_ORIGIN = "x-genloom-origin-queue"
 OPS = ("sample", "generate")
 FORMATS = ("u8", "f32")
 MAX_ID_LEN = 256
-MAX_SAMPLE_N = 1024  # images per request (a 1024-image u8 result is ~1 MB of base64)
-MAX_PROMPT_CHARS = 10_000
-MAX_NEW_TOKENS = 4096
+# the AMQP-only field of each op (how the result is encoded); the rest is the core schema (core/requests.py)
+EXTRA: dict[str, tuple[requests.Field, ...]] = {"sample": (requests.format_field(*FORMATS),), "generate": ()}
 
 
 class InvalidRequest(ValueError):
@@ -79,8 +82,13 @@ def encode_request(req: Request) -> bytes:
                       separators=(",", ":")).encode()
 
 
-def parse_request(body: bytes, *, kinds: dict[str, str]) -> Request:
-    """Validate a request body against the served models (name -> kind). Raises InvalidRequest."""
+def parse_request(body: bytes, *, kinds: Mapping[str, "ModelInfo | str"], limits: Limits = DEFAULT_LIMITS
+                  ) -> Request:
+    """Validate a request body against the served models (name -> ``ModelInfo`` or kind). Raises InvalidRequest.
+
+    The envelope (id, model, op, params) is checked here; the params go through the one request schema
+    (``core.requests``), so they get the same limits and error text as over HTTP, the CLI and Python.
+    """
     try:
         d = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -96,68 +104,14 @@ def parse_request(body: bytes, *, kinds: dict[str, str]) -> Request:
         raise InvalidRequest(f"unknown model {model!r}; this worker serves {', '.join(sorted(kinds))}",
                              code="unknown_model", request_id=rid)
     if op not in OPS:
-        raise InvalidRequest(f"op must be one of {', '.join(OPS)}, got {op!r}", request_id=rid)
-    if not isinstance(params, dict):
-        raise InvalidRequest("params must be a JSON object", request_id=rid)
+        raise InvalidRequest(f"op: must be one of {', '.join(OPS)}, got {op!r}", request_id=rid)
+    info = kinds[model]
     try:
-        checked = _check_sample(params, kinds[model]) if op == "sample" else _check_generate(params, kinds[model])
-    except InvalidRequest as e:
-        e.request_id = rid
-        raise
+        checked = requests.check(op, params, limits=limits, where="params", extra=EXTRA[op],
+                                 model=info if isinstance(info, ModelInfo) else ModelInfo(info))
+    except requests.RequestError as e:
+        raise InvalidRequest(str(e), request_id=rid) from None
     return Request(rid, model, op, checked)
-
-
-def _int(params: dict[str, Any], key: str, default: Any, lo: int, hi: int) -> Any:
-    v = params.get(key, default)
-    if v is None and default is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise InvalidRequest(f"params.{key} must be an integer in [{lo}, {hi}], got {v!r}")
-    return v
-
-
-def _unknown(params: dict[str, Any], allowed: set[str]) -> None:
-    extra = sorted(set(params) - allowed)
-    if extra:
-        raise InvalidRequest(f"unknown params {extra}; allowed: {sorted(allowed)}")
-
-
-def _check_sample(params: dict[str, Any], kind: str) -> dict[str, Any]:
-    if kind not in ("vae", "gan"):
-        raise InvalidRequest(f"op 'sample' needs an image model; this model is a {kind!r} (use op 'generate')")
-    _unknown(params, {"n", "seed", "labels", "format"})
-    n = _int(params, "n", 1, 1, MAX_SAMPLE_N)
-    seed = _int(params, "seed", None, 0, 2**63 - 1)
-    labels = params.get("labels")
-    if isinstance(labels, int) and not isinstance(labels, bool):
-        labels = [labels]
-    if labels is not None and not (isinstance(labels, list) and labels
-                                   and all(isinstance(x, int) and not isinstance(x, bool) for x in labels)):
-        raise InvalidRequest("params.labels must be null, an integer, or a list of integers")
-    if labels is not None and len(labels) not in (1, n):
-        raise InvalidRequest(f"params.labels has {len(labels)} values but n is {n}; give one label or n labels")
-    fmt = params.get("format", "u8")
-    if fmt not in FORMATS:
-        raise InvalidRequest(f"params.format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    return {"n": n, "seed": seed, "labels": labels, "format": fmt}
-
-
-def _check_generate(params: dict[str, Any], kind: str) -> dict[str, Any]:
-    if kind != "lm":
-        raise InvalidRequest(f"op 'generate' needs a language model; this model is a {kind!r} (use op 'sample')")
-    _unknown(params, {"prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed"})
-    prompt = params.get("prompt")
-    if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS:
-        raise InvalidRequest(f"params.prompt must be a string of at most {MAX_PROMPT_CHARS} characters")
-    temp = params.get("temperature", 0.8)
-    if isinstance(temp, bool) or not isinstance(temp, (int, float)) or not 0 <= temp <= 10:
-        raise InvalidRequest(f"params.temperature must be a number in [0, 10], got {temp!r}")
-    top_p = params.get("top_p")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
-        raise InvalidRequest(f"params.top_p must be null or a number in (0, 1], got {top_p!r}")
-    return {"prompt": prompt, "max_new_tokens": _int(params, "max_new_tokens", 200, 1, MAX_NEW_TOKENS),
-            "temperature": float(temp), "top_k": _int(params, "top_k", None, 1, 1_000_000),
-            "top_p": None if top_p is None else float(top_p), "seed": _int(params, "seed", None, 0, 2**63 - 1)}
 
 
 # -- results -------------------------------------------------------------------------------------------------

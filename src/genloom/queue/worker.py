@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import functools
 import logging
 import time
@@ -33,13 +34,14 @@ from typing import Any, Awaitable
 import aio_pika
 import aiormq
 
+from genloom.core.requests import DEFAULT_LIMITS, ModelInfo
+from genloom.core.runner import run_batch
 from genloom.errors import GenloomError
 from genloom.queue import amqp
 from genloom.queue.amqp import CONNECTION_ERRORS, publish
 from genloom.queue.flow import AckWindow, Batcher
 from genloom.queue import messages as m
 from genloom.queue.metrics import WorkerMetrics
-from genloom.core.runner import ModelRunner
 
 log = logging.getLogger("genloom.queue.worker")
 PUBLISH_TIMEOUT_S = 15.0  # a reply or retry not confirmed by then is given up: its request stays unacked
@@ -57,6 +59,9 @@ class WorkerConfig:
     metrics_port: int = 0  # 0 = no metrics endpoint
     metrics_host: str = "127.0.0.1"
     threads: int = 1  # torch intra-op threads of this process
+    backend: str = "auto"  # engine backend (genloom.engine.load); "exact" for bit-reproducible fp32
+    max_n: int = DEFAULT_LIMITS.max_n  # request caps: the same defaults as every transport (core/requests.py)
+    max_new_tokens: int = DEFAULT_LIMITS.max_new_tokens
     name: str = "genloom-worker"  # the connection name shown by `rabbitmqctl list_connections`
 
     def __post_init__(self) -> None:
@@ -65,11 +70,34 @@ class WorkerConfig:
         for name in self.models:
             m.check_model_name(name)
         for key, lo in (("prefetch", 1), ("concurrency", 1), ("batch_size", 1), ("max_retries", 0),
-                        ("threads", 1), ("metrics_port", 0)):
+                        ("threads", 1), ("metrics_port", 0), ("max_n", 1), ("max_new_tokens", 1)):
             if getattr(self, key) < lo:
                 raise ValueError(f"--{key.replace('_', '-')} must be ≥ {lo}, got {getattr(self, key)}")
         if self.batch_timeout_ms < 0:
             raise ValueError(f"--batch-timeout-ms must be ≥ 0, got {self.batch_timeout_ms}")
+
+
+class ModelRunner:
+    """One loaded model: ``run`` executes a batch of validated requests (``core.runner.run_batch``) and encodes
+    each result for the wire (``messages.encode_images`` / ``{"text": ...}``)."""
+
+    def __init__(self, name: str, path: str, *, threads: int | None = 1, backend: str = "auto") -> None:
+        from genloom import engine
+
+        self.name, self.path = name, path
+        self.engine = engine.load(path, threads=threads, backend=backend)
+        self.kind: str = self.engine.kind
+        self.info = ModelInfo.of_header(self.engine.header)
+
+    def run(self, reqs: list[m.Request]) -> list[Any]:
+        """The JSON result of each request, in order. Raises on a (transient) failure of the batch."""
+        results = run_batch(self.engine, [{"op": r.op, **r.params} for r in reqs])
+        out: list[Any] = []
+        for r, res in zip(reqs, results):
+            if isinstance(res, BaseException):
+                raise res
+            out.append({"text": res} if r.op == "generate" else m.encode_images(res, r.params["format"]))
+        return out
 
 
 @dataclass(eq=False)
@@ -98,6 +126,7 @@ class QueueWorker:
 
     def __init__(self, config: WorkerConfig, *, restarts: int = 0) -> None:
         self.config = config
+        self.limits = dataclasses.replace(DEFAULT_LIMITS, max_n=config.max_n, max_new_tokens=config.max_new_tokens)
         self.metrics = WorkerMetrics(restarts=restarts)
         self.runners: dict[str, ModelRunner] = {}
         self.connection: aio_pika.abc.AbstractRobustConnection | None = None
@@ -113,7 +142,7 @@ class QueueWorker:
     async def start(self) -> None:
         cfg = self.config
         for name, path in cfg.models.items():
-            self.runners[name] = ModelRunner(name, path, threads=cfg.threads)
+            self.runners[name] = ModelRunner(name, path, threads=cfg.threads, backend=cfg.backend)
             self._executors[name] = concurrent.futures.ThreadPoolExecutor(
                 1, thread_name_prefix=f"model-{name}", initializer=_thread_setup, initargs=(cfg.threads,))
         if cfg.metrics_port:
@@ -197,8 +226,7 @@ class QueueWorker:
                                                         "while holding it", code="redelivered"))
             return
         try:
-            item.req = m.parse_request(msg.body, kinds={model: self.runners[model].kind})
-            self.runners[model].check(item.req)
+            item.req = m.parse_request(msg.body, kinds={model: self.runners[model].info}, limits=self.limits)
         except m.InvalidRequest as e:
             self.metrics.rejected.labels(model, e.code).inc()
             self._spawn(self._dead_letter(model, item, str(e), e.code, request_id=e.request_id))

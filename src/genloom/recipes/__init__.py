@@ -13,6 +13,7 @@ RECIPES: dict[str, str] = {
     "gan": "genloom.recipes.gan",
     "classifier": "genloom.recipes.classifier",
     "lm": "genloom.recipes.lm",
+    "flow": "genloom.recipes.flow",
 }
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +14,8 @@ import torch
 from genloom.data.batches import BatchSource
 from genloom.models.base import GenerativeModel
 from genloom.runconfig import write_resolved
-from genloom.train.schedules import SCHEDULES
-from genloom.train.trainer import TrainConfig, Trainer
+from genloom.training.schedules import SCHEDULES
+from genloom.training.trainer import TrainConfig, Trainer
 
 
 @dataclass
@@ -27,6 +26,8 @@ class Built:
     provenance: dict[str, Any] = field(default_factory=dict)
     on_epoch_end: list[Callable[[Trainer], None]] = field(default_factory=list)
     after: Callable[[Path, Trainer], dict[str, Any]] | None = None  # final evaluation, printed as a summary
+    train_config: TrainConfig | None = None  # replaces the run's config (flow: the budget left after stage 1)
+    on_step: Callable[[Trainer, Any], None] | None = None
 
 
 # flag -> (TrainConfig field, type, help). Defaults are None so that preset and family defaults can fill in.
@@ -133,17 +134,18 @@ def resolved_flags(args: argparse.Namespace, rec: ModuleType, tcfg: TrainConfig)
     return out
 
 
-def run(rec: ModuleType, args: argparse.Namespace) -> dict[str, Any]:
+def run(rec: ModuleType, args: argparse.Namespace, *, resume_cmd: str | None = None) -> dict[str, Any]:
+    """Train ``rec``'s model with the options in ``args``; ``resume_cmd`` is the command the Ctrl-C hint names."""
     if args.threads:
         torch.set_num_threads(args.threads)
     tcfg = train_config(args, rec)
     torch.manual_seed(tcfg.seed)  # initialisation is part of the seeded run
     built: Built = rec.build(args, tcfg)
+    tcfg = built.train_config or tcfg
     write_resolved(Path(tcfg.out) / "config.toml", args.family, resolved_flags(args, rec, tcfg))
-    argv = [a for a in sys.argv[1:] if a != "--resume" and not a.startswith("--resume=")]
     trainer = Trainer(built.model, tcfg, built.train, built.val, provenance=built.provenance,
-                      on_epoch_end=built.on_epoch_end, resume=args.resume,
-                      resume_cmd="genloom " + shlex.join(argv) + " --resume")
+                      on_epoch_end=built.on_epoch_end, on_step=built.on_step, resume=args.resume,
+                      resume_cmd=resume_cmd)
     path = trainer.fit()
     summary: dict[str, Any] = {"model": str(path), "steps": trainer.step, "epochs": trainer.epoch,
                                "train_seconds": round(trainer.elapsed, 1)}

@@ -16,6 +16,7 @@ import torch
 
 from genloom import export
 from genloom.data.batches import ImageBatches
+from genloom.errors import ConfigError
 from genloom.models.gan import GAN, LOSSES, GANConfig
 from genloom.recipes.common import Built
 from genloom.recipes.images import add_dataset_args, load_splits, sample_grid_callback
@@ -101,7 +102,7 @@ def build(args: argparse.Namespace, tcfg) -> Built:
     # one Trainer step = one generator step = n_critic real minibatches of batch_size images
     train = ImageBatches(splits.train, tcfg.batch_size * cfg.n_critic, drop_last=True)
     if len(train) == 0:
-        raise ValueError(f"the training set ({len(splits.train)} images) is smaller than one generator step "
+        raise ConfigError(f"the training set ({len(splits.train)} images) is smaller than one generator step "
                          f"(batch size × n_critic = {tcfg.batch_size * cfg.n_critic}); lower --batch-size")
 
     def after(path: Path, trainer) -> dict[str, Any]:

@@ -15,8 +15,16 @@ from typing import Any
 import torch
 
 from genloom import export
-from genloom.data.text import (CharTokenizer, SequentialWindows, WindowBatches, corpus_ref, default_corpus,
-                               load_text, split_tokens)
+from genloom.data.text import (
+    CharTokenizer,
+    SequentialWindows,
+    WindowBatches,
+    corpus_ref,
+    default_corpus,
+    load_text,
+    split_tokens,
+)
+from genloom.errors import ConfigError
 from genloom.eval.lm import evaluate_lm
 from genloom.models.transformer import LMConfig, TransformerLM
 from genloom.recipes.common import Built, preset_value
@@ -74,7 +82,7 @@ def build(args: argparse.Namespace, tcfg) -> Built:
     model.autocast_dtype = torch.bfloat16 if _opt(args, "amp") == "bf16" else None
     val_batch = max(1, 8192 // cfg.block_size)  # windows per validation batch: 8192 characters
     if len(val) < 2:
-        raise ValueError(f"{path}: too short for a validation split ({len(tokens)} characters)")
+        raise ConfigError(f"{path}: too short for a validation split ({len(tokens)} characters)")
 
     def after(out: Path, trainer) -> dict[str, Any]:
         res: dict[str, Any] = {"best_val_loss": round(trainer.best_val, 4) if math.isfinite(trainer.best_val)

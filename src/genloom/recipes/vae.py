@@ -10,6 +10,7 @@ import torch
 
 from genloom import export
 from genloom.data.batches import ImageBatches
+from genloom.errors import ConfigError
 from genloom.eval.elbo import evaluate_vae
 from genloom.models.vae import VAE, VAEConfig
 from genloom.recipes.common import Built, preset_value
@@ -31,7 +32,7 @@ def _ints(s: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in s.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 400,800, got {s!r}") from None
+        raise ConfigError(f"expected comma-separated integers like 400,800, got {s!r}") from None
 
 
 def add_args(p: argparse.ArgumentParser) -> None:

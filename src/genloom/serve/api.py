@@ -1,7 +1,9 @@
 """Route handlers of the HTTP API (``app.py`` holds the app factory and the HTTP plumbing)."""
 from __future__ import annotations
 
+import hmac
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -11,17 +13,19 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from genloom.engine.base import InputError, check_images, check_labels
+from genloom.core import requests
+from genloom.core.batcher import DeadlineExceeded, Overloaded
+from genloom.engine.base import check_images
+from genloom.errors import GenloomError
 from genloom.serve import edge
 from genloom.serve import logs
-from genloom.core import requests as validation
-from genloom.core.batcher import DeadlineExceeded, Overloaded
-from genloom.serve.encode import MEDIA, encode_images
+from genloom.serve.encode import EXTRA, MEDIA, encode_images
 from genloom.serve.openapi import docs_html, openapi_spec
 from genloom.serve.service import ModelService, Server
 from genloom.serve.workers import InputRejected, ModelLoadError, WorkerUnavailable
 
 Handler = Callable[[Request, str], Awaitable[Response]]
+log = logging.getLogger("genloom.serve")
 
 
 def routes(server: Server) -> list[BaseRoute]:
@@ -38,8 +42,15 @@ def routes(server: Server) -> list[BaseRoute]:
                 resp = await handler(request, rid)
             except edge.HTTPError as e:
                 resp = edge.error_response(e, rid)
-            except validation.ValidationError as e:
-                resp = edge.error_response(edge.HTTPError(422, str(e), field=e.field), rid)
+            except requests.RequestError as e:  # an operation this model does not have: no such resource
+                resp = edge.error_response(edge.HTTPError(404 if e.field == "op" else 422, str(e), field=e.field),
+                                           rid)
+            except GenloomError as e:  # the caller's fault (bad input, bad file): 422 with the message
+                resp = edge.error_response(edge.HTTPError(422, str(e)), rid)
+            except Exception:  # a bug, not the caller's fault: 500, traceback in the log
+                log.exception("internal error", extra={"request_id": rid, "path": request.url.path})
+                resp = edge.error_response(edge.HTTPError(500, f"internal error (request id {rid}); see the "
+                                                               f"server log"), rid)
             resp.headers["X-Request-Id"] = rid
             known = model if model in server.services else None
             if known is not None:
@@ -55,15 +66,12 @@ def routes(server: Server) -> list[BaseRoute]:
 
         return run
 
-    def service(request: Request, *kinds: str) -> ModelService:
+    def service(request: Request) -> ModelService:
         name = request.path_params["name"]
         svc = server.services.get(name)
         if svc is None:
             raise edge.HTTPError(404, f"unknown model {name!r}; GET /v1/models lists: {', '.join(server.services)}",
                                  field="name")
-        if kinds and svc.kind not in kinds:
-            raise edge.HTTPError(404, f"model {name!r} is a {svc.kind} model; this endpoint serves "
-                                      f"{' or '.join(kinds)} models", field="name")
         return svc
 
     async def submit(request: Request, svc: ModelService, item: dict[str, Any], *, size: int, deadline: float,
@@ -83,49 +91,36 @@ def routes(server: Server) -> list[BaseRoute]:
         except InputRejected as e:
             raise edge.HTTPError(422, str(e)) from None
 
-    async def body_of(request: Request, svc: ModelService, schema: str) -> tuple[dict[str, Any], float]:
+    async def body_of(request: Request, svc: ModelService, op: str) -> tuple[dict[str, Any], float]:
+        if svc.kind not in requests.KINDS_OF_OP[op]:  # before reading the body: 404 for an op this model lacks
+            requests.check_model(op, {}, svc.info)
         body = await edge.read_body(request, cfg.max_body_bytes)
-        params = validation.parse(schema, body, svc.settings)
+        params = requests.parse(op, body, limits=svc.settings.limits, model=svc.info, extra=EXTRA[op])
         return params, edge.request_deadline(request, svc.settings.timeout_s)
 
     def image_response(images: np.ndarray, fmt: str, svc: ModelService) -> Response:
         return Response(encode_images(images, fmt, meta={"model": svc.name}), media_type=MEDIA[fmt])
 
-    def labels_for(svc: ModelService, labels: Any, n: int) -> list[int] | None:
-        try:
-            arr = check_labels(labels, n, int(svc.header.config.get("num_classes", 0)))
-        except InputError as e:
-            raise edge.HTTPError(422, f"labels: {e}", field="labels") from None
-        return None if labels is None else arr.tolist()
-
     async def sample(request: Request, rid: str) -> Response:
-        svc = service(request, "vae", "gan")
+        svc = service(request)
         p, deadline = await body_of(request, svc, "sample")
-        item = {"op": "sample", "n": p["n"], "seed": p["seed"], "labels": labels_for(svc, p["labels"], p["n"])}
+        item = {"op": "sample", "n": p["n"], "seed": p["seed"], "labels": p["labels"]}
         images = await submit(request, svc, item, size=p["n"], deadline=deadline, rid=rid)
         return image_response(images, p["format"], svc)
 
     async def reconstruct(request: Request, rid: str) -> Response:
-        svc = service(request, "vae")
+        svc = service(request)
         p, deadline = await body_of(request, svc, "reconstruct")
-        try:
-            flat = check_images(p["images"], field="images", x_dim=int(svc.header.config.get("x_dim", 784)),
-                                max_n=svc.settings.max_n)
-        except InputError as e:
-            raise edge.HTTPError(422, str(e), field="images") from None
-        item = {"op": "reconstruct", "labels": labels_for(svc, p["labels"], len(flat)), "_array_keys": ["array"]}
+        flat = check_images(p["images"], field="images", x_dim=int(svc.header.config.get("x_dim", 784)),
+                            max_n=svc.settings.max_n)
+        item = {"op": "reconstruct", "labels": p["labels"], "_array_keys": ["array"]}
         images = await submit(request, svc, item, size=len(flat), deadline=deadline, rid=rid,
                               arrays=[flat])
         return image_response(images, p["format"], svc)
 
     async def interpolate(request: Request, rid: str) -> Response:
-        svc = service(request, "vae")
+        svc = service(request)
         p, deadline = await body_of(request, svc, "interpolate")
-        num_classes = int(svc.header.config.get("num_classes", 0))
-        if p["label"] is not None and not 0 <= p["label"] < max(num_classes, 1) or (p["label"] is not None and
-                                                                                    not num_classes):
-            raise edge.HTTPError(422, f"label must be in 0..{num_classes - 1} for a conditional model, null "
-                                      f"otherwise", field="label")
         item = {"op": "interpolate", "a": p["a"], "b": p["b"], "steps": p["steps"], "label": p["label"]}
         images = await submit(request, svc, item, size=p["steps"], deadline=deadline, rid=rid)
         return image_response(images, p["format"], svc)
@@ -133,14 +128,8 @@ def routes(server: Server) -> list[BaseRoute]:
     async def generate(request: Request, rid: str) -> Response:
         from genloom.serve.streaming import generate_response
 
-        svc = service(request, "lm")
+        svc = service(request)
         p, deadline = await body_of(request, svc, "generate")
-        vocab = svc.vocab
-        if vocab is not None:
-            bad = sorted(set(p["prompt"]) - vocab)
-            if bad:
-                raise edge.HTTPError(422, f"prompt has characters outside the model's vocabulary: {bad[:10]!r}",
-                                     field="prompt")
         return await generate_response(request, svc, p, deadline=deadline, request_id=rid)
 
     async def models(request: Request, rid: str) -> Response:
@@ -167,7 +156,8 @@ def routes(server: Server) -> list[BaseRoute]:
     async def reload(request: Request, rid: str) -> Response:
         if not cfg.admin_token:
             raise edge.HTTPError(403, "admin endpoints are disabled; start the server with GENLOOM_ADMIN_TOKEN set")
-        if request.headers.get("authorization") != f"Bearer {cfg.admin_token}":
+        got = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(got, f"Bearer {cfg.admin_token}".encode()):  # constant time
             raise edge.HTTPError(401, "missing or wrong bearer token (Authorization: Bearer $GENLOOM_ADMIN_TOKEN)",
                                  headers={"WWW-Authenticate": "Bearer"})
         svc = service(request)

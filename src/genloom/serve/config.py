@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from genloom.core.requests import DEFAULT_LIMITS, Limits
 from genloom.errors import GenloomError
 
 ADMIN_TOKEN_ENV = "GENLOOM_ADMIN_TOKEN"
@@ -35,10 +36,15 @@ class ModelSettings:
     max_batch_size: int = 64  # images per forward pass (VAE/GAN) or decode slots (LM)
     max_wait_ms: float = 2.0  # a batch waits at most this long after its first request
     max_queue: int = 256  # queued requests per model; beyond it → 503 + Retry-After
-    max_n: int = 256  # largest n a single /sample request may ask for
-    max_new_tokens: int = 1024  # largest max_new_tokens a /generate request may ask for
+    max_n: int = DEFAULT_LIMITS.max_n  # largest n a single /sample request may ask for
+    max_new_tokens: int = DEFAULT_LIMITS.max_new_tokens  # largest max_new_tokens of a /generate request
     timeout_s: float = 30.0  # default per-request deadline (header X-Request-Timeout overrides, up to 10x)
     threads: int = 1  # torch intra-op threads inside the worker process
+
+    @property
+    def limits(self) -> Limits:
+        """The request caps (``core.requests``) of this model: the defaults of every transport unless changed."""
+        return dataclasses.replace(DEFAULT_LIMITS, max_n=self.max_n, max_new_tokens=self.max_new_tokens)
 
     def __post_init__(self) -> None:
         checks = {"max_batch_size": self.max_batch_size >= 1, "max_wait_ms": self.max_wait_ms >= 0,

@@ -1,4 +1,5 @@
-"""Response bodies for image results: PNG grid, .npy array, or JSON nested lists."""
+"""Response bodies for image results (PNG grid, .npy array, or JSON nested lists), and the HTTP-only request
+fields that choose them (``EXTRA``: added to the core schema of ``core/requests.py``)."""
 from __future__ import annotations
 
 import io
@@ -9,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from genloom.core import requests
 from genloom.viz import grid
 
 MEDIA = {"png": "image/png", "npy": "application/x-npy", "json": "application/json"}
@@ -52,3 +54,14 @@ def encode_images(images: np.ndarray, fmt: str, *, meta: dict[str, Any] | None =
     # json: 6 decimals keep float32 precision to ~1e-6 while halving the body
     return json.dumps({**(meta or {}), "shape": list(images.shape),
                        "images": np.round(images.astype(np.float64), 6).tolist()}).encode()
+
+
+STREAM = requests.Field("stream", requests.BOOL, False, nullable=False,
+                        doc="true: text/event-stream, one event per token")
+# the HTTP-only fields of each operation (how the answer is encoded); the rest is the core schema
+EXTRA: dict[str, tuple[requests.Field, ...]] = {
+    "sample": (requests.format_field("png", "npy", "json"),),
+    "generate": (STREAM,),
+    "reconstruct": (requests.format_field("png", "npy", "json", default="json"),),
+    "interpolate": (requests.format_field("png", "npy", "json"),),
+}

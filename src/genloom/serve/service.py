@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import time
 from typing import Any
 
 from genloom.core.batcher import Batcher, Entry
+from genloom.core.requests import ModelInfo
 from genloom.serve.config import ModelSpec, ServerConfig
 from genloom.serve.metrics import Metrics
 from genloom.serve.supervisor import Supervisor
@@ -28,6 +28,7 @@ class ModelService:
         self.supervisor = Supervisor(spec, backoff=config.restart_backoff_s, metrics=metrics)
         self.kind = self.supervisor.kind
         self.batcher: Batcher | None = None
+        self._info: tuple[Any, ModelInfo] | None = None
         if self.kind != "lm":
             s = spec.settings
             self.batcher = Batcher(self._run_batch, max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms,
@@ -44,8 +45,16 @@ class ModelService:
 
     @property
     def vocab(self) -> set[str] | None:
-        raw = self.header.metadata.get("genloom.vocab")
-        return set(json.loads(raw)) if raw else None
+        v = self.info.vocab
+        return None if v is None else set(v)
+
+    @property
+    def info(self) -> ModelInfo:
+        """What request validation needs to know (kind, classes, vocabulary) of the file served now."""
+        h = self.header
+        if self._info is None or self._info[0] is not h:
+            self._info = (h, ModelInfo.of_header(h))
+        return self._info[1]
 
     async def start(self) -> None:
         await self.supervisor.start()

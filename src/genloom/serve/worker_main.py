@@ -36,88 +36,32 @@ import genloom.export  # noqa: E402,F401
 def _error(e: BaseException) -> dict[str, Any]:
     from genloom.errors import GenloomError
 
-    return {"error": str(e) or type(e).__name__, "input": isinstance(e, (GenloomError, ValueError))}
+    # only genloom's own errors are the caller's fault (422); anything else is a bug (500, traceback logged)
+    return {"error": str(e) or type(e).__name__, "input": isinstance(e, GenloomError)}
 
 
 class ImageWorker:
-    """Runs batches of image requests on a VAE/GAN engine."""
+    """Runs batches of image requests on a VAE/GAN engine through ``core.runner.run_batch``."""
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.rng = np.random.default_rng()  # unseeded requests share one stream (a Generator costs ~20 µs)
 
     def run(self, items: list[dict[str, Any]], arrays: list[np.ndarray]) -> tuple[list[dict], list[np.ndarray]]:
-        outs: list[dict[str, Any] | None] = [None] * len(items)
-        results: list[np.ndarray | None] = [None] * len(items)
-        samples = [i for i, it in enumerate(items) if it["op"] == "sample"]
-        if samples:
-            self._samples(items, samples, outs, results)
-        for i, it in enumerate(items):
-            if outs[i] is not None:
-                continue
-            try:
-                if it["op"] == "reconstruct":
-                    results[i] = self.engine.reconstruct(arrays[it["array"]].copy(), labels=it.get("labels"))
-                elif it["op"] == "interpolate":
-                    a = it["a"] if "a" in it else arrays[it["a_array"]]
-                    b = it["b"] if "b" in it else arrays[it["b_array"]]
-                    results[i] = self.engine.interpolate(a, b, steps=it["steps"], label=it.get("label"))
-                else:
-                    raise ValueError(f"unknown op {it['op']!r}")
-                outs[i] = {"ok": True}
-            except Exception as e:  # a bad item fails alone; the rest of the batch is served
-                outs[i] = {"ok": False, **_error(e)}
+        from genloom.core.runner import run_batch
+
+        reqs = [{**it, "images": arrays[it["array"]].copy()} if it["op"] == "reconstruct" else it for it in items]
+        outs: list[dict[str, Any]] = []
         arrs: list[np.ndarray] = []
-        final = []
-        for out, res in zip(outs, results):
-            if res is not None:
-                out = {**out, "array": len(arrs)}
+        for res in run_batch(self.engine, reqs, rng=self.rng):
+            if isinstance(res, BaseException):
+                outs.append({"ok": False, **_error(res)})
+                if not outs[-1]["input"]:  # a bug: its traceback goes to the log
+                    traceback.print_exception(res, file=sys.stderr)
+            else:
+                outs.append({"ok": True, "array": len(arrs)})
                 arrs.append(np.asarray(res, dtype=np.float32))
-            final.append(out)
-        return final, arrs
-
-    def _samples(self, items: list[dict], idx: list[int], outs: list, results: list) -> None:
-        from genloom.engine.base import check_labels, check_n, check_seed, noise
-
-        eng = self.engine
-        latent = getattr(eng, "latent", None)
-        if latent is None or not hasattr(eng, "decode"):  # no batched decode: one call per request
-            for i in idx:
-                try:
-                    results[i] = eng.sample(items[i]["n"], seed=items[i].get("seed"), labels=items[i].get("labels"))
-                    outs[i] = {"ok": True}
-                except Exception as e:
-                    outs[i] = {"ok": False, **_error(e)}
-            return
-        zs, ys, ok = [], [], []
-        num_classes = int(getattr(eng, "num_classes", 0))
-        for i in idx:
-            it = items[i]
-            try:
-                n = check_n(it["n"])
-                seed = it.get("seed")
-                # z ~ N(0, I) from the request's own seed: the same images as engine.sample(n, seed=seed)
-                zs.append(self.rng.standard_normal((n, latent), dtype=np.float32) if seed is None
-                          else noise(check_seed(seed), n, latent))  # (n, latent)
-                ys.append(check_labels(it.get("labels"), n, num_classes))
-                ok.append(i)
-            except Exception as e:
-                outs[i] = {"ok": False, **_error(e)}
-        if not ok:
-            return
-        z = np.concatenate(zs)  # (sum n, latent)
-        labels = None if num_classes == 0 else np.concatenate(ys)
-        try:
-            images = eng.decode(z, labels=labels)  # (sum n, 28, 28): one forward pass for the whole batch
-        except Exception as e:
-            for i in ok:
-                outs[i] = {"ok": False, **_error(e)}
-            return
-        start = 0
-        for i, zi in zip(ok, zs):
-            results[i] = images[start:start + len(zi)]
-            start += len(zi)
-            outs[i] = {"ok": True}
+        return outs, arrs
 
 
 class TorchSampler:

@@ -18,14 +18,14 @@ from tqdm import tqdm
 
 from genloom import export
 from genloom.data.batches import BatchSource
-from genloom.errors import GenloomError
+from genloom.errors import ConfigError, GenloomError
 from genloom.models.base import GenerativeModel, LossOutput
-from genloom.train.allocator import keep_freed_memory
-from genloom.train.checkpoint import keep_step_copy, load_checkpoint, save_checkpoint
-from genloom.train.metrics import MetricsLog, plot_loss_curve
-from genloom.train.precision import CHOICES as PRECISIONS
-from genloom.train.precision import matmul_precision
-from genloom.train.schedules import SCHEDULES, lr_factor
+from genloom.training.allocator import keep_freed_memory
+from genloom.training.checkpoint import keep_step_copy, load_checkpoint, save_checkpoint
+from genloom.training.metrics import MetricsLog, plot_loss_curve
+from genloom.training.precision import CHOICES as PRECISIONS
+from genloom.training.precision import matmul_precision
+from genloom.training.schedules import SCHEDULES, lr_factor
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs (also: at every validation when val_every is set)
     checkpoint_steps: int | None = None  # also every N steps: last.pt and a kept copy step-NNNNNNNN.pt
     keep_checkpoints: int = 3  # step-*.pt copies kept (the oldest are deleted)
-    tensorboard: bool = True  # TensorBoard event files beside metrics.jsonl (train/tensorboard.py)
+    tensorboard: bool = True  # TensorBoard event files beside metrics.jsonl (training/tensorboard.py)
     log_every: int = 10
     seed: int = 0
     progress: bool = True
@@ -58,19 +58,19 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs is None and self.steps is None and self.time_budget is None:
-            raise ValueError("give --epochs, --steps or --time-budget")
+            raise ConfigError("give --epochs, --steps or --time-budget")
         if self.matmul_precision not in PRECISIONS:
-            raise ValueError(f"matmul_precision must be one of {', '.join(PRECISIONS)}, "
+            raise ConfigError(f"matmul_precision must be one of {', '.join(PRECISIONS)}, "
                              f"not {self.matmul_precision!r}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         for name in ("epochs", "steps", "batch_size", "log_every", "checkpoint_every", "checkpoint_steps",
                      "keep_checkpoints"):
             v = getattr(self, name)
             if v is not None and v < 1:
-                raise ValueError(f"{name} must be ≥ 1, got {v}")
+                raise ConfigError(f"{name} must be ≥ 1, got {v}")
         if self.time_budget is not None and self.time_budget <= 0:
-            raise ValueError("time_budget must be > 0 seconds")
+            raise ConfigError("time_budget must be > 0 seconds")
 
 
 class Trainer:

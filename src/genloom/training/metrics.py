@@ -10,14 +10,14 @@ from typing import Any
 class MetricsLog:
     """Append-only JSON lines. On resume, records past the checkpoint's step are dropped first, so a killed
     run's tail (logged after its last checkpoint) is not duplicated. With ``tensorboard=True`` every record also
-    goes to TensorBoard event files in the same directory (``train/tensorboard.py``), and ``image`` / ``text``
+    goes to TensorBoard event files in the same directory (``training/tensorboard.py``), and ``image`` / ``text``
     add sample grids and text samples there."""
 
     def __init__(self, path: Path, *, resume_step: int | None = None, tensorboard: bool = False) -> None:
         self.path = path
         self.tb = None
         if tensorboard:
-            from genloom.train.tensorboard import TensorBoardLog
+            from genloom.training.tensorboard import TensorBoardLog
 
             self.tb = TensorBoardLog(path.parent, purge_step=resume_step)
         path.parent.mkdir(parents=True, exist_ok=True)

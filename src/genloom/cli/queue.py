@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from genloom.errors import GenloomError
+from genloom.errors import ConfigError, GenloomError
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -39,11 +39,14 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from genloom.queue.worker import WorkerConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = WorkerConfig(url=args.amqp, models=parse_models(args.models), prefetch=args.prefetch,
-                       concurrency=args.concurrency, batch_size=args.batch_size,
-                       batch_timeout_ms=args.batch_timeout_ms, max_retries=args.max_retries,
-                       metrics_port=args.metrics_port, metrics_host=args.metrics_host, threads=args.threads,
-                       name=args.name)
+    try:  # the config's checks are of the flags' values
+        cfg = WorkerConfig(url=args.amqp, models=parse_models(args.models), prefetch=args.prefetch,
+                           concurrency=args.concurrency, batch_size=args.batch_size,
+                           batch_timeout_ms=args.batch_timeout_ms, max_retries=args.max_retries,
+                           metrics_port=args.metrics_port, metrics_host=args.metrics_host, threads=args.threads,
+                           name=args.name)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return supervise(cfg)
 
 

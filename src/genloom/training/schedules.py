@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+from genloom.errors import ConfigError
+
 SCHEDULES = ("constant", "cosine", "warmup-cosine", "wsd")
 
 
@@ -16,7 +18,7 @@ def lr_factor(schedule: str, step: int, total: int | None, *, warmup: int = 0, m
     ``wsd`` (warmup-stable-decay): linear warmup, the peak LR held, then a linear decay to ``min_ratio`` over the
     last ``decay_frac`` of training — keeps the fast progress of a constant LR and still anneals at the end."""
     if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        raise ConfigError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     if schedule == "constant":
         return 1.0
     if schedule in ("warmup-cosine", "wsd") and warmup > 0 and step < warmup:

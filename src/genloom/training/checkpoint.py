@@ -1,41 +1,20 @@
 """Atomic, resumable checkpoints.
 
 A checkpoint holds model and optimizer state dicts, the trainer's counters and the RNG states. It is written
-to a temp file in the same directory, fsync'd, renamed over the old one and the directory fsync'd, so a kill at
-any moment leaves either the old or the new checkpoint — never a torn one. Loading uses
+with ``fileformat.atomic_write`` (temp file, fsync, rename, fsync of the directory), so a kill at any moment
+leaves either the old or the new checkpoint — never a torn one. Loading uses
 ``torch.load(weights_only=True)``: tensors and plain containers only, no pickled code.
 """
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from genloom.errors import GenloomError
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(file_object)`` on a temp file, then fsync + rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+from genloom.fileformat import atomic_write
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -13,6 +13,8 @@ from typing import Iterator
 
 import torch
 
+from genloom.errors import ConfigError
+
 CHOICES = ("ieee", "bf16", "auto")
 
 
@@ -26,7 +28,7 @@ def fast_bf16_available() -> bool:
 
 def resolve(precision: str) -> str:
     if precision not in CHOICES:
-        raise ValueError(f"matmul precision must be one of {', '.join(CHOICES)}, not {precision!r}")
+        raise ConfigError(f"matmul precision must be one of {', '.join(CHOICES)}, not {precision!r}")
     if precision == "auto":
         return "bf16" if fast_bf16_available() else "ieee"
     return precision

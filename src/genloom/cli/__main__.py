@@ -1,0 +1,6 @@
+"""``python -m genloom.cli …`` is ``genloom …``."""
+import sys
+
+from genloom.cli import main
+
+sys.exit(main())

@@ -1,0 +1,129 @@
+"""``genloom eval MODEL``: VAE test ELBO / IWAE (+ FID with --fid), GAN FID, LM loss and bits per char."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genloom import export
+from genloom.errors import GenloomError
+from genloom.export import ModelFile
+
+
+def register(sub: Any) -> None:
+    e = sub.add_parser("eval", help="evaluate a model file on held-out data",
+                       description="VAE: test-set negative ELBO and IWAE bound (nats/image). "
+                                   "LM: next-char loss and bits per char.")
+    e.add_argument("model", type=Path, help="a genloom .safetensors file")
+    e.add_argument("--dataset", default=None, help="image dataset (default: the one in the file's provenance)")
+    e.add_argument("--data", type=Path, default=None, help="directory with the IDX files")
+    e.add_argument("--iwae-k", type=int, default=100, help="VAE: importance samples for the IWAE bound (0 = off)")
+    e.add_argument("--seed", type=int, default=0, help="seed for the Monte-Carlo estimates")
+    e.add_argument("--text", type=Path, default=None, help="LM: score this UTF-8 file")
+    e.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    e.add_argument("--fid", action="store_true",
+                   help="image models: add the FID of generated samples vs the test set (always on for a GAN)")
+    e.add_argument("--classifier", type=Path, default=None,
+                   help="FID feature classifier (default: $GENLOOM_CLASSIFIER, then the one shipped with genloom)")
+    e.add_argument("--fid-samples", type=int, default=10_000, help="generated samples for the FID (default 10000)")
+    e.set_defaults(func=_cmd_eval)
+
+
+def evaluate_file(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The evaluation of the model file at ``path`` with the options of ``genloom eval`` in ``args``."""
+    h = export.read_header(path)
+    evaluators = {"vae": evaluate_vae, "gan": evaluate_gan, "lm": evaluate_lm}
+    if h.kind not in evaluators:
+        raise GenloomError(f"`genloom eval` does not support models of kind {h.kind!r}")
+    return evaluators[h.kind](args, h)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    result = evaluate_file(args.model, args)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>16}: {v:.4f}" if isinstance(v, float) else f"{k:>16}: {v}")
+    return 0
+
+
+# ---- images ----------------------------------------------------------------------------------------------------
+
+def _test_split(args: argparse.Namespace, header: ModelFile):
+    from genloom.data.images import load_images
+
+    dataset = args.dataset or header.provenance.get("dataset") or "fashion-mnist"
+    return load_images(dataset, args.data).test
+
+
+def evaluate_vae(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]:
+    from genloom.eval.elbo import evaluate_vae as nelbo
+
+    if args.iwae_k < 0:
+        raise GenloomError("--iwae-k must be ≥ 0")
+    model = export.load(header.path)
+    result = nelbo(model, _test_split(args, header), iwae_k=args.iwae_k, seed=args.seed)
+    if getattr(args, "fid", False):  # the same FID evaluator as the GAN's, so the families compare
+        result.update(fid_result(args, header, model))
+    return result
+
+
+def _dataset(args: argparse.Namespace, header: ModelFile) -> str:
+    return getattr(args, "dataset", None) or header.provenance.get("dataset") or "fashion-mnist"
+
+
+def fid_result(args: argparse.Namespace, header: ModelFile, model: torch.nn.Module) -> dict[str, Any]:
+    """{"fid", "fid_samples", "fid_classifier"} for ``model`` against the test split of its dataset."""
+    from genloom.data.images import load_images
+    from genloom.eval.fid import fid, find_classifier, load_classifier, real_stats
+
+    n = getattr(args, "fid_samples", None) or 10_000
+    if n < 2:
+        raise GenloomError(f"--fid-samples must be ≥ 2 (10000 is the standard), got {n}")
+    dataset = _dataset(args, header)
+    cpath = find_classifier(getattr(args, "classifier", None), dataset=dataset)
+    classifier = load_classifier(cpath, dataset=dataset)
+    test = load_images(dataset, getattr(args, "data", None)).test
+    value = fid(model, classifier, test.images, n_samples=n, seed=getattr(args, "seed", 0),
+                real_stats=real_stats(cpath, classifier, test.images))
+    return {"fid": value, "fid_samples": n, "fid_classifier": cpath.name}
+
+
+def evaluate_gan(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]:
+    """GAN: the FID of its samples (10,000 by default) against the test set."""
+    model = export.load(header.path)
+    return fid_result(args, header, model)
+
+
+# ---- text -------------------------------------------------------------------------------------------------------
+
+def _eval_text(args: argparse.Namespace, header: ModelFile) -> tuple[str, bool]:
+    """The text to score: --text FILE (whole file), else the validation split of the training corpus."""
+    from genloom.data.text import load_text, resolve_corpus_ref
+
+    if args.text is not None:
+        return load_text(args.text), False
+    data = header.provenance.get("data")
+    found = resolve_corpus_ref(data) if data else None  # "genloom:tinyshakespeare.txt" = the shipped corpus
+    if found is not None:
+        return load_text(found), True
+    raise GenloomError("give --text FILE (a UTF-8 text to score); the training corpus named in the model file "
+                       f"({data or 'none'}) is not available here")
+
+
+def evaluate_lm(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]:
+    from genloom.data.text import split_tokens
+    from genloom.eval.lm import evaluate_lm as score
+
+    text, is_corpus = _eval_text(args, header)
+    model = export.load(header.path)
+    tokens = torch.tensor(model.encode(text, what=str(args.text or "the corpus")), dtype=torch.long)
+    if is_corpus:
+        tokens = split_tokens(tokens)[1]  # the validation split the model was selected on
+    res = score(model, tokens, batch_size=max(1, 8192 // model.config.block_size))
+    return {**res, "text": str(args.text) if args.text is not None else "validation split",
+            "block_size": model.config.block_size}

@@ -1,0 +1,242 @@
+"""Latent flow matching (rectified flow) with a DiT denoiser and the autoencoder's decoder: genloom's kind "flow".
+
+The path between a data latent z₀ and noise ε ~ N(0, I) is the straight line (Liu et al. 2022; Lipman et al.
+2022; SD3, Esser et al. 2024)
+    x_t = (1 − t)·z₀ + t·ε,   t ∈ [0, 1]   (t = 0 data, t = 1 noise),   dx_t/dt = ε − z₀.
+The network v_θ(x_t, t, y) regresses that velocity: L = E_{t, z₀, ε} ‖v_θ(x_t, t, y) − (ε − z₀)‖², whose minimiser
+is the conditional expectation v*(x, t) = E[ε − z₀ | x_t = x]. Sampling integrates dx/dt = v from t = 1 (noise) to
+t = 0 (Euler or Heun). t is drawn logit-normal, t = sigmoid(n), n ~ N(m, s²) (SD3's best choice): more steps in
+the middle of the path, where the velocity is hardest to predict.
+
+Classifier-free guidance (Ho & Salimans 2022): the class is replaced by the "no class" token with probability
+``label_drop`` in training; sampling uses v = v_∅ + w·(v_y − v_∅). w = 0 is the unconditional model, w = 1 the
+conditional one, w > 1 guided.
+
+The latent is the autoencoder's posterior (μ + σ·ε), normalised per channel by the training set's mean and
+standard deviation (stored in the file), so that data and noise have the same scale.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from genloom.models.autoencoder import AutoencoderConfig, Decoder
+from genloom.models.base import GenerativeModel, LossOutput, TrainerHooks
+from genloom.models.dit import DiT
+
+SAMPLERS = ("euler", "heun")
+Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, t scalar tensor) → v
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    # the autoencoder whose decoder this model carries (its latent is (channels, 7, 7))
+    ae_channels: int = 4
+    ae_dim: int = 32
+    # the DiT denoiser
+    patch: int = 2  # 7×7 latent zero-padded to 8×8: 16 tokens (patch 1: 49 tokens, ~3x the cost)
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    num_classes: int = 10  # 0 = unconditional only
+    label_drop: float = 0.1  # probability of the "no class" token in training (for guidance)
+    t_mean: float = 0.0  # logit-normal time: t = sigmoid(n), n ~ N(t_mean, t_std²)
+    t_std: float = 1.0
+    ema_kimg: float = 10.0  # EMA half-life cap in thousands of samples (0 = no EMA), as the GAN's
+    ema_rampup: float = 0.05
+    # sampler settings used when a call does not give its own
+    sampler: str = "heun"  # euler | heun
+    sample_steps: int = 8  # ODE steps (Heun: 2·steps network evaluations)
+    guidance: float = 1.0  # w: 0 unconditional, 1 conditional, > 1 guided
+    time_shift: float = 1.0  # s: t ← s·t / (1 + (s − 1)·t) on the sampling grid (s > 1: more steps near noise)
+    image_shape: tuple[int, ...] = (1, 28, 28)
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, not {self.sampler!r}")
+        if min(self.ae_channels, self.ae_dim, self.patch, self.dim, self.depth, self.heads, self.sample_steps) < 1:
+            raise ValueError("ae_channels, ae_dim, patch, dim, depth, heads and sample_steps must be ≥ 1")
+        if self.patch > 7:
+            raise ValueError(f"patch must be ≤ 7 (the latent is 7×7), not {self.patch}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if not 0.0 <= self.label_drop < 1.0 or self.num_classes < 0:
+            raise ValueError("label_drop must be in [0, 1), num_classes ≥ 0")
+        if self.t_std <= 0 or self.time_shift <= 0 or self.guidance < 0 or self.ema_kimg < 0:
+            raise ValueError("t_std and time_shift must be > 0, guidance and ema_kimg ≥ 0")
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (self.ae_channels, 7, 7)
+
+
+# -- the math, as plain functions (tested against closed forms) -------------------------------------------------
+def interpolate(z0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_t = (1 − t)·z₀ + t·ε, with t (B,) broadcast over the other dims."""
+    t = t.reshape(-1, *([1] * (z0.dim() - 1)))
+    return (1 - t) * z0 + t * eps
+
+
+def flow_matching_loss(v_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], z0: torch.Tensor,
+                       eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Per-sample ‖v(x_t, t) − (ε − z₀)‖² averaged over dims, (B,). v_fn(x_t, t) with t (B,)."""
+    xt = interpolate(z0, eps, t)
+    target = eps - z0  # dx_t/dt along the straight path
+    return (v_fn(xt, t) - target).pow(2).flatten(1).mean(1)
+
+
+def logit_normal(n: int, *, mean: float = 0.0, std: float = 1.0, generator: torch.Generator | None = None
+                 ) -> torch.Tensor:
+    """t = sigmoid(u), u ~ N(mean, std²): density ∝ exp(−(logit t − m)²/2s²) / (t(1 − t)), (n,) in (0, 1)."""
+    return torch.sigmoid(mean + std * torch.randn(n, generator=generator))
+
+
+def time_grid(steps: int, *, shift: float = 1.0) -> torch.Tensor:
+    """steps + 1 times from 1 (noise) to 0 (data), uniform then shifted: t ← s·t / (1 + (s − 1)·t)."""
+    t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    return (shift * t / (1 + (shift - 1) * t)).float()
+
+
+def integrate(v_fn: Velocity, x: torch.Tensor, ts: torch.Tensor, *, method: str = "heun",
+              on_step: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None
+              ) -> torch.Tensor:
+    """Solve dx/dt = v(x, t) from ts[0] to ts[-1] (here 1 → 0).
+
+    Euler:  x ← x + h·v(x, t),  h = t_{i+1} − t_i (negative: we run backwards in time); one evaluation a step.
+    Heun:   x̃ = x + h·v₁, v₁ = v(x, t_i);  x ← x + h·(v₁ + v(x̃, t_{i+1}))/2 — second order, two evaluations a
+            step (the straight path has no singularity at t = 0, so unlike EDM the last step is Heun too).
+    ``on_step(i, t_i, x_i, v₁)`` sees the state and the first velocity of every step (for trajectories).
+    """
+    if method not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, not {method!r}")
+    for i in range(len(ts) - 1):
+        t, t_next = ts[i], ts[i + 1]
+        h = t_next - t
+        v1 = v_fn(x, t)
+        if on_step is not None:
+            on_step(i, t, x, v1)
+        x_euler = x + h * v1
+        x = x + h * 0.5 * (v1 + v_fn(x_euler, t_next)) if method == "heun" else x_euler
+    return x
+
+
+def network_evaluations(steps: int, method: str) -> int:
+    """Denoiser calls per sample (guidance batches the conditional and unconditional calls into one)."""
+    return steps if method == "euler" else 2 * steps
+
+
+class FlowModel(GenerativeModel):
+    """kind "flow": the DiT (and its EMA) plus the frozen decoder and the latent normalisation."""
+
+    kind: ClassVar[str] = "flow"
+    config_class: ClassVar[type] = FlowConfig
+    progress_metrics: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: FlowConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.decoder = Decoder(AutoencoderConfig(channels=c.ae_channels, dim=c.ae_dim)).requires_grad_(False)
+        self.dit = DiT(in_channels=c.ae_channels, size=7, patch=c.patch, dim=c.dim, depth=c.depth, heads=c.heads,
+                       num_classes=c.num_classes)
+        self.ema = copy.deepcopy(self.dit).requires_grad_(False)
+        self.register_buffer("latent_mean", torch.zeros(c.ae_channels))  # per channel, of the posterior samples
+        self.register_buffer("latent_std", torch.ones(c.ae_channels))
+        self.register_buffer("ema_images", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("sample_from_ema", torch.tensor(c.ema_kimg > 0))
+
+    # -- latents --------------------------------------------------------------------------------------------
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.latent_mean[:, None, None]) / self.latent_std[:, None, None]
+
+    def decode(self, z_n: torch.Tensor) -> torch.Tensor:
+        """Normalised latents (B, C, 7, 7) → images (B, 1, 28, 28) in [0, 1]."""
+        z = z_n * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
+        return torch.sigmoid(self.decoder(z))
+
+    # -- training -------------------------------------------------------------------------------------------
+    def loss(self, batch: Any) -> LossOutput:
+        """batch = (μ, σ, y): the normalised posterior of each image (B, C, 7, 7) twice, and its class (B,)."""
+        c = self.config
+        mu, sigma, y = batch
+        z0 = mu + sigma * torch.randn_like(mu)  # a posterior sample, as the decoder was trained on
+        B = len(z0)
+        t = logit_normal(B, mean=c.t_mean, std=c.t_std)
+        eps = torch.randn_like(z0)
+        null = torch.full_like(y, c.num_classes)
+        y = torch.where(torch.rand(B) < c.label_drop, null, y) if c.num_classes else null  # label dropout
+        per = flow_matching_loss(lambda xt, tt: self.dit(xt, tt, y), z0, eps, t)  # (B,)
+        return LossOutput(per.mean(), {}, n=B)
+
+    def train_step(self, batch: Any, optimizers: dict[str, torch.optim.Optimizer], step: int,
+                   trainer: TrainerHooks) -> LossOutput:
+        out = super().train_step(batch, optimizers, step, trainer)
+        self.update_ema(out.n)
+        return out
+
+    @torch.no_grad()
+    def update_ema(self, batch_size: int) -> None:
+        """ema ← β·ema + (1 − β)·θ, β = 0.5^(B/h), half-life h = min(ema_kimg·1000, ema_rampup·seen) samples
+        (the GAN's schedule, ``models/gan.py``: short early, so short runs are not averaged over their start)."""
+        c = self.config
+        self.ema_images += batch_size
+        if c.ema_kimg <= 0:
+            return
+        half_life = min(c.ema_kimg * 1000.0, c.ema_rampup * float(self.ema_images)) if c.ema_rampup \
+            else c.ema_kimg * 1000.0
+        beta = 0.5 ** (batch_size / max(half_life, 1e-8))
+        torch._foreach_lerp_(list(self.ema.parameters()), list(self.dit.parameters()), 1.0 - beta)
+
+    # -- sampling -------------------------------------------------------------------------------------------
+    def velocity(self, net: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
+                 guidance: float) -> torch.Tensor:
+        """v = v_∅ + w·(v_y − v_∅); one batched call of 2B rows when 0 < w ≠ 1."""
+        B = len(x)
+        tt = t.reshape(()).expand(B).to(x.dtype)
+        null = torch.full((B,), self.config.num_classes, dtype=torch.long)
+        if y is None or guidance == 0:
+            return net(x, tt, null)
+        if guidance == 1:
+            return net(x, tt, y)
+        v = net(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([y, null]))  # (2B, C, 7, 7)
+        v_y, v_null = v[:B], v[B:]
+        return v_null + guidance * (v_y - v_null)
+
+    def labels_for(self, n: int, labels: torch.Tensor | None) -> torch.Tensor | None:
+        if not self.config.num_classes:
+            return None
+        if labels is None:
+            return torch.arange(n) % self.config.num_classes  # cycle through the classes
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        if len(labels) != n or labels.min() < 0 or labels.max() >= self.config.num_classes:
+            raise ValueError(f"labels must be {n} class indices in [0, {self.config.num_classes})")
+        return labels
+
+    @torch.no_grad()
+    def sample_latents(self, noise: torch.Tensor, *, labels: torch.Tensor | None = None, steps: int | None = None,
+                       guidance: float | None = None, sampler: str | None = None, ema: bool | None = None,
+                       on_step: Callable[..., None] | None = None) -> torch.Tensor:
+        """Integrate from the given noise (B, C, 7, 7) at t = 1 to normalised latents at t = 0."""
+        c = self.config
+        steps = c.sample_steps if steps is None else int(steps)
+        guidance = c.guidance if guidance is None else float(guidance)
+        if steps < 1 or guidance < 0:
+            raise ValueError("steps must be ≥ 1 and guidance ≥ 0")
+        net = self.ema if (bool(self.sample_from_ema) if ema is None else ema) else self.dit
+        y = self.labels_for(len(noise), labels)
+        ts = time_grid(steps, shift=c.time_shift)
+        return integrate(lambda x, t: self.velocity(net, x, t, y, guidance), noise, ts,
+                         method=sampler or c.sampler, on_step=on_step)
+
+    @torch.no_grad()
+    def generate(self, n: int, *, generator: torch.Generator | None = None, labels: torch.Tensor | None = None,
+                 steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
+                 ema: bool | None = None, **kw: Any) -> torch.Tensor:
+        """n images (n, 1, 28, 28) in [0, 1]; noise from ``generator``. A conditional model without labels cycles
+        through the classes (and ``guidance=0`` ignores them: the unconditional model)."""
+        noise = torch.randn(n, *self.config.latent_shape, generator=generator)
+        z = self.sample_latents(noise, labels=labels, steps=steps, guidance=guidance, sampler=sampler, ema=ema)
+        return self.decode(z)

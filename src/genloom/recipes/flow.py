@@ -1,0 +1,212 @@
+"""``genloom train flow``: latent flow matching in two stages, within one budget, into one file.
+
+Stage 1 trains the KL autoencoder with its patch critic (``models/autoencoder.py``) for ``--ae-frac`` of the time
+budget (written to OUT/autoencoder/model.safetensors), or takes ``--autoencoder FILE`` from an earlier run.
+The training set is then encoded once: the DiT trains on the stored posteriors (μ, σ), normalised per channel,
+never touching the encoder again. Stage 2 trains the DiT with rectified flow for the rest of the budget and
+exports OUT/model.safetensors: decoder + DiT (+ EMA) + latent normalisation + sampler settings. With
+``--snapshot-every S`` a copy is exported every S seconds of the run (OUT/snapshots/), for FID-vs-time curves.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from genloom import export
+from genloom.data.batches import ImageBatches
+from genloom.errors import GenloomError
+from genloom.models.autoencoder import Autoencoder, AutoencoderConfig
+from genloom.models.flow import SAMPLERS, FlowConfig, FlowModel
+from genloom.recipes.common import Built, preset_value
+from genloom.recipes.images import add_dataset_args, load_splits, sample_grid_callback
+from genloom.training.trainer import TrainConfig, Trainer
+from genloom.viz import save_grid
+
+HELP = "latent flow matching: KL autoencoder + patch critic, then a class-conditional DiT (rectified flow)"
+# the DiT stage's train config; the autoencoder stage has its own (AE_DEFAULTS)
+DEFAULTS: dict[str, Any] = {"time_budget": 1800.0, "batch_size": 128, "lr": 1e-3, "betas": (0.9, 0.99),
+                            "schedule": "wsd", "warmup_steps": 100, "decay_frac": 0.3, "min_lr_ratio": 0.0,
+                            "weight_decay": 0.0, "grad_clip": 1.0, "log_every": 20}
+AE_DEFAULTS: dict[str, Any] = {"batch_size": 64, "betas": (0.9, 0.99), "schedule": "wsd",
+                               "decay_frac": 0.2, "weight_decay": 0.0}
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {"_doc": "3 minutes in all, for a first look", "time_budget": 180.0},
+}
+MODEL_FLAGS: dict[str, tuple[Any, Any, str]] = {  # flag name -> (type, default, help)
+    "dim": (int, 128, "DiT width"),
+    "depth": (int, 4, "DiT blocks"),
+    "heads": (int, 4, "DiT attention heads"),
+    "patch": (int, 2, "DiT patch size over the 7×7 latent (2: padded to 8×8, 16 tokens)"),
+    "label_drop": (float, 0.1, "probability of dropping the class in training (classifier-free guidance)"),
+    "ema_kimg": (float, 10.0, "EMA half-life cap in thousands of samples (0 = no EMA)"),
+    "sampler": (str, "heun", f"default ODE sampler: {', '.join(SAMPLERS)}"),
+    "sample_steps": (int, 8, "default ODE steps"),
+    "guidance": (float, 1.0, "default guidance w (0 unconditional, 1 conditional, > 1 guided)"),
+    "time_shift": (float, 1.0, "sampling time shift s (> 1: more steps near noise)"),
+    "t_std": (float, 1.0, "logit-normal training time: std of the normal"),
+}
+AE_FLAGS: dict[str, tuple[Any, Any, str]] = {
+    "latent_channels": (int, 4, "autoencoder latent channels C (latent C×7×7)"),
+    "ae_dim": (int, 32, "autoencoder width"),
+    "kl_weight": (float, 1e-3, "weight of the KL term"),
+    "adv_weight": (float, 0.5, "weight of the patch critic's generator loss (0 = no adversarial loss)"),
+    "adv_start": (int, 400, "autoencoder steps before the critic joins"),
+    "ae_frac": (float, 0.25, "fraction of the time budget for the autoencoder stage"),
+    "ae_epochs": (int, 3, "autoencoder epochs when the run is given in --epochs/--steps, not a time budget"),
+    "ae_lr": (float, 1e-3, "autoencoder learning rate"),
+}
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    add_dataset_args(p)
+    g = p.add_argument_group("flow: autoencoder stage")
+    g.add_argument("--autoencoder", type=Path, default=None,
+                   help="use this trained autoencoder file (OUT/autoencoder/model.safetensors of an earlier run) "
+                        "instead of training one; the whole budget goes to the DiT")
+    for name, (typ, d, help_) in AE_FLAGS.items():
+        g.add_argument("--" + name.replace("_", "-"), type=typ, default=None, help=f"{help_} (default {d})")
+    g = p.add_argument_group("flow: DiT stage and sampler")
+    for name, (typ, d, help_) in MODEL_FLAGS.items():
+        kw: dict[str, Any] = {"choices": SAMPLERS} if name == "sampler" else {}
+        g.add_argument("--" + name.replace("_", "-"), type=typ, default=None, help=f"{help_} (default {d})", **kw)
+    g.add_argument("--unconditional", action="store_true", help="no class conditioning")
+    g.add_argument("--snapshot-every", type=float, default=None,
+                   help="export OUT/snapshots/t-SECONDS.safetensors every this many seconds of the run")
+
+
+def _opt(args: argparse.Namespace, name: str, table: dict[str, tuple[Any, Any, str]]) -> Any:
+    return preset_value(args, sys.modules[__name__], name, table[name][1])
+
+
+class LatentBatches:
+    """(μ, σ, y) batches of the encoded training set: μ, σ (B, C, 7, 7) normalised, y (B,)."""
+
+    def __init__(self, mu: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor, batch_size: int) -> None:
+        self.mu, self.sigma, self.labels, self.batch_size = mu, sigma, labels, batch_size
+
+    def __len__(self) -> int:
+        return len(self.mu) // self.batch_size  # drop the last partial batch
+
+    def epoch(self, generator: torch.Generator | None = None, start: int = 0) -> Iterator:
+        order = torch.randperm(len(self.mu), generator=generator)
+        for b in range(start, len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield self.mu[idx], self.sigma[idx], self.labels[idx]
+
+
+def train_autoencoder(args: argparse.Namespace, tcfg: TrainConfig, splits, budget: float | None) -> Autoencoder:
+    cfg = AutoencoderConfig(channels=_opt(args, "latent_channels", AE_FLAGS), dim=_opt(args, "ae_dim", AE_FLAGS),
+                            kl_weight=_opt(args, "kl_weight", AE_FLAGS), adv_weight=_opt(args, "adv_weight", AE_FLAGS),
+                            adv_start=_opt(args, "adv_start", AE_FLAGS))
+    length = {"time_budget": budget} if budget else {"epochs": _opt(args, "ae_epochs", AE_FLAGS)}
+    acfg = TrainConfig(out=str(Path(tcfg.out) / "autoencoder"), **AE_DEFAULTS, lr=_opt(args, "ae_lr", AE_FLAGS),
+                       log_every=tcfg.log_every, seed=tcfg.seed, progress=tcfg.progress,
+                       matmul_precision=tcfg.matmul_precision, **length)
+    model = Autoencoder(cfg)
+    trainer = Trainer(model, acfg, ImageBatches(splits.train, acfg.batch_size, drop_last=True),
+                      ImageBatches(splits.val, 1000, shuffle=False),
+                      provenance={"dataset": splits.dataset, "train_images": len(splits.train), "stage": "autoencoder"})
+    path = trainer.fit()
+    return export.load(path)
+
+
+def load_autoencoder(path: Path) -> Autoencoder:
+    info = export.read_header(path)
+    if info.kind != "autoencoder":
+        raise GenloomError(f"{path}: is a {info.kind!r} model, not an autoencoder; pass "
+                           f"OUT/autoencoder/model.safetensors of an earlier `genloom train flow` run")
+    return export.load(path)
+
+
+@torch.inference_mode()
+def encode_dataset(ae: Autoencoder, images: torch.Tensor, *, batch_size: int = 1000
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (N, 28, 28) → posterior μ, σ, each (N, C, 7, 7)."""
+    mus, sigmas = [], []
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].float().div(255.0).unsqueeze(1)  # (b, 1, 28, 28)
+        mu, logvar = ae.encode(x)
+        mus.append(mu)
+        sigmas.append(torch.exp(0.5 * logvar))
+    return torch.cat(mus), torch.cat(sigmas)
+
+
+def build(args: argparse.Namespace, tcfg: TrainConfig) -> Built:
+    t_start = time.monotonic()
+    splits = load_splits(args)
+    budget = tcfg.time_budget
+    if args.autoencoder is not None:
+        ae = load_autoencoder(args.autoencoder)
+    else:
+        frac = _opt(args, "ae_frac", AE_FLAGS)
+        if budget and not 0 < frac < 1:
+            raise GenloomError(f"--ae-frac must be in (0, 1), got {frac}")
+        ae = train_autoencoder(args, tcfg, splits, budget * frac if budget else None)
+    ae.eval()
+    mu, sigma = encode_dataset(ae, splits.train.images)  # (N, C, 7, 7) each
+    # per-channel statistics of posterior samples z = μ + σε: E z = E μ, Var z = Var μ + E σ²
+    mean = mu.mean((0, 2, 3))
+    std = (mu.var((0, 2, 3)) + sigma.pow(2).mean((0, 2, 3))).sqrt()
+    c = ae.config
+    num_classes = 0 if args.unconditional else 10
+    cfg = FlowConfig(ae_channels=c.channels, ae_dim=c.dim, num_classes=num_classes,
+                     **{k: _opt(args, k, MODEL_FLAGS) for k in MODEL_FLAGS})
+    model = FlowModel(cfg)
+    model.decoder.load_state_dict(ae.decoder.state_dict())
+    model.latent_mean.copy_(mean)
+    model.latent_std.copy_(std)
+    norm_mu = (mu - mean[:, None, None]) / std[:, None, None]
+    norm_sigma = sigma / std[:, None, None]
+    train = LatentBatches(norm_mu.contiguous(), norm_sigma.contiguous(), splits.train.labels, tcfg.batch_size)
+    stage1 = time.monotonic() - t_start
+    dit_cfg = tcfg
+    if budget:
+        left = budget - stage1
+        if left < 1:
+            raise GenloomError(f"the autoencoder stage used {stage1:.0f} s of the {budget:g} s budget; "
+                               f"lower --ae-frac or raise --time-budget")
+        dit_cfg = dataclasses.replace(tcfg, time_budget=left)
+    labels = torch.arange(100) % 10 if num_classes else None
+    callbacks = [sample_grid_callback(100 if labels is not None else 64, labels=labels)]
+    every = getattr(args, "snapshot_every", None)
+    on_step = _snapshotter(Path(tcfg.out), every, t_start) if every else None
+    prov = {"dataset": splits.dataset, "train_images": len(splits.train), "batch_size": tcfg.batch_size,
+            "lr": tcfg.lr, "autoencoder": str(args.autoencoder) if args.autoencoder else "trained in this run",
+            "autoencoder_seconds": round(stage1, 1)}
+
+    def after(path: Path, trainer: Trainer) -> dict[str, Any]:
+        total = time.monotonic() - t_start
+        info = export.read_header(path)
+        export.save(trainer.model, path, provenance={**info.provenance, "total_train_seconds": round(total, 1)})
+        with torch.no_grad():
+            imgs = trainer.model.eval().generate(len(labels) if labels is not None else 64,
+                                                 generator=torch.Generator().manual_seed(1234), labels=labels)
+        save_grid(imgs.float().numpy(), Path(trainer.out) / "samples" / "final.png",
+                  nrow=10 if labels is not None else None)
+        return {"autoencoder_seconds": round(stage1, 1), "total_train_seconds": round(total, 1)}
+
+    return Built(model=model, train=train, val=None, provenance=prov, on_epoch_end=callbacks, after=after,
+                 train_config=dit_cfg, on_step=on_step)
+
+
+def _snapshotter(out: Path, every: float, t_start: float):
+    """An on_step hook exporting the model every ``every`` seconds since the run began (both stages)."""
+    state = {"next": every}
+
+    def on_step(trainer: Trainer, _out: Any) -> None:
+        now = time.monotonic() - t_start
+        if now < state["next"]:
+            return
+        state["next"] = now + every
+        was = trainer.model.training
+        export.save(trainer.model, out / "snapshots" / f"t-{int(now):05d}.safetensors",
+                    provenance={"run_seconds": round(now, 1), "steps": trainer.step})
+        trainer.model.train(was)
+
+    return on_step
