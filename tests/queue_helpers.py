@@ -42,11 +42,11 @@ def tiny_vae(path: Path, *, num_classes: int = 0) -> Path:
 
 
 def unique_model() -> str:
-    """A model name of this run: its queues are genloom.<name> and genloom.<name>.dead."""
-    from genloom.queue import messages as m
+    """A model name of this run: its queues are genloom.<name>, genloom.<name>.urgent and genloom.<name>.dead."""
+    from genloom.queue.topology import all_queues
 
     name = f"t-{SESSION_TAG}-{uuid.uuid4().hex[:8]}"
-    ISSUED.extend((m.queue_name(name), m.dead_letter_queue(name)))
+    ISSUED.extend(all_queues(name))
     return name
 
 

@@ -114,9 +114,15 @@ async def test_dropped_connection_redelivers_and_client_dedups(served: tuple[Que
     runner = worker.runners[name]
     real_run = runner.run
 
+    import threading
+
+    drop_done = threading.Event()
+
     def slow(reqs: list[m.Request]) -> list[Any]:
         import time
-        time.sleep(0.02 * len(reqs))  # 300 requests take ≥ 6 s: the drop lands mid-run
+        if worker.metrics.acked.labels(name)._value.get() >= 50:
+            drop_done.wait(30)  # hold this batch until the connection is gone: the drop lands mid-run
+        time.sleep(0.02 * len(reqs))
         return real_run(reqs)
 
     runner.run = slow  # type: ignore[method-assign]
@@ -125,12 +131,17 @@ async def test_dropped_connection_redelivers_and_client_dedups(served: tuple[Que
         while worker.metrics.acked.labels(name)._value.get() < 50:
             await asyncio.sleep(0.05)
         dropped = await asyncio.to_thread(close_connections_named, worker.config.name)
+        drop_done.set()
         assert dropped == 1
         results = await asyncio.wait_for(task, 40)
     assert all(not isinstance(r, Exception) and r.ok for r in results)
     assert len({r.id for r in results}) == 300  # every id answered once at the client (duplicates dropped)
     async with httpx.AsyncClient() as http:
-        text = (await http.get("http://127.0.0.1:19731/metrics")).text
+        for _ in range(100):  # the held messages come back after the reconnect (their answers may be duplicates)
+            text = (await http.get("http://127.0.0.1:19731/metrics")).text
+            if _metric(text, "genloom_queue_redelivered_total", name) >= 1:
+                break
+            await asyncio.sleep(0.1)
     consumed = _metric(text, "genloom_queue_consumed_total", name)
     assert consumed >= 300 and _metric(text, "genloom_queue_acked_total", name) >= 300
     assert _metric(text, "genloom_queue_redelivered_total", name) >= 1  # the worker lost held messages

@@ -29,13 +29,17 @@ def register(sub: Any) -> None:
     e.add_argument("--classifier", type=Path, default=None,
                    help="FID feature classifier (default: $GENLOOM_CLASSIFIER, then the one shipped with genloom)")
     e.add_argument("--fid-samples", type=int, default=10_000, help="generated samples for the FID (default 10000)")
+    e.add_argument("--steps", type=int, default=None, help="flow: ODE steps (default: the file's)")
+    e.add_argument("--guidance", type=float, default=None,
+                   help="flow: guidance w (0 = unconditional; default: the file's)")
+    e.add_argument("--sampler", choices=("euler", "heun"), default=None, help="flow: ODE sampler (default: the file's)")
     e.set_defaults(func=_cmd_eval)
 
 
 def evaluate_file(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The evaluation of the model file at ``path`` with the options of ``genloom eval`` in ``args``."""
     h = export.read_header(path)
-    evaluators = {"vae": evaluate_vae, "gan": evaluate_gan, "lm": evaluate_lm}
+    evaluators = {"vae": evaluate_vae, "gan": evaluate_gan, "lm": evaluate_lm, "flow": evaluate_flow}
     if h.kind not in evaluators:
         raise GenloomError(f"`genloom eval` does not support models of kind {h.kind!r}")
     return evaluators[h.kind](args, h)
@@ -97,6 +101,36 @@ def evaluate_gan(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]:
     """GAN: the FID of its samples (10,000 by default) against the test set."""
     model = export.load(header.path)
     return fid_result(args, header, model)
+
+
+def evaluate_flow(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]:
+    """Flow: FID at the given sampler settings and, for a conditional model with guidance > 0, the fraction of
+    samples the FID classifier labels as the requested class."""
+    from genloom.data.images import load_images
+    from genloom.eval.fid import find_classifier, load_classifier, real_stats
+    from genloom.eval.flow import fid_and_accuracy
+    from genloom.models.flow import network_evaluations
+
+    n = getattr(args, "fid_samples", None) or 10_000
+    if n < 2:
+        raise GenloomError(f"--fid-samples must be ≥ 2 (10000 is the standard), got {n}")
+    model = export.load(header.path)
+    c = model.config
+    steps = c.sample_steps if args.steps is None else args.steps
+    guidance = c.guidance if args.guidance is None else args.guidance
+    sampler = args.sampler or c.sampler
+    if not 1 <= steps <= 256:
+        raise GenloomError(f"--steps must be between 1 and 256, got {steps}")
+    if not 0 <= guidance <= 20:
+        raise GenloomError(f"--guidance must be between 0 and 20, got {guidance}")
+    dataset = _dataset(args, header)
+    cpath = find_classifier(getattr(args, "classifier", None), dataset=dataset)
+    classifier = load_classifier(cpath, dataset=dataset)
+    test = load_images(dataset, getattr(args, "data", None)).test
+    res = fid_and_accuracy(model, classifier, real_stats(cpath, classifier, test.images), n=n, seed=args.seed,
+                           steps=steps, guidance=guidance, sampler=sampler)
+    return {**res, "fid_samples": n, "fid_classifier": cpath.name, "sampler": sampler, "steps": steps,
+            "guidance": guidance, "network_evaluations": network_evaluations(steps, sampler)}
 
 
 # ---- text -------------------------------------------------------------------------------------------------------

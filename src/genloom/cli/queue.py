@@ -10,27 +10,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from genloom.core.requests import DEFAULT_LIMITS
 from genloom.errors import ConfigError, GenloomError
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 def parse_models(specs: list[str]) -> dict[str, str]:
-    """``NAME=PATH`` or a bare ``PATH`` (served under its file's stem; ``model.safetensors`` → its folder's name)."""
+    """The NAME=PATH rule of ``genloom serve`` too (``core/names.py``); every file's header is read here, so a
+    missing or broken file fails before any process starts."""
+    from genloom.core.names import parse_model_args
     from genloom.export import read_header
-    from genloom.queue.messages import check_model_name
 
-    out: dict[str, str] = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            p = Path(spec)
-            name, path = (p.parent.name if p.stem == "model" and p.parent.name else p.stem), spec
-        check_model_name(name)
-        if name in out:
-            raise GenloomError(f"model name {name!r} given twice; name them: NAME1=PATH1 NAME2=PATH2")
-        read_header(path)  # a missing or broken file fails here, before any process starts
-        out[name] = path
+    out = {name: str(path) for name, path in parse_model_args(specs).items()}
+    for path in out.values():
+        read_header(path)
     return out
 
 
@@ -44,7 +38,9 @@ def _cmd_worker(args: argparse.Namespace) -> int:
                            concurrency=args.concurrency, batch_size=args.batch_size,
                            batch_timeout_ms=args.batch_timeout_ms, max_retries=args.max_retries,
                            metrics_port=args.metrics_port, metrics_host=args.metrics_host, threads=args.threads,
-                           name=args.name)
+                           backend=args.backend, max_n=args.max_n, max_new_tokens=args.max_new_tokens,
+                           name=args.name, queue_type=args.queue_type, delivery_limit=args.delivery_limit,
+                           lease_s=args.lease_s, depth_interval_s=args.depth_interval)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return supervise(cfg)
@@ -75,7 +71,8 @@ async def _submit(args: argparse.Namespace) -> int:
     async with QueueClient(args.amqp, timeout=args.timeout) as client:
         await client.check_model(args.model)
         t0 = time.monotonic()
-        results = await client.run_many(args.model, reqs, op=op, max_in_flight=args.max_in_flight)
+        results = await client.run_many(args.model, reqs, op=op, max_in_flight=args.max_in_flight,
+                                        priority=args.priority)
         elapsed = time.monotonic() - t0
         duplicates = client.duplicates
     ok = [r for r in results if isinstance(r, Response) and r.ok]
@@ -137,7 +134,22 @@ def register(sub: Any) -> None:
     w.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0 = off)")
     w.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address")
     w.add_argument("--threads", type=int, default=1, help="torch threads of the worker process")
+    w.add_argument("--backend", default="auto", help="engine backend (genloom.engine.load): auto, or exact for "
+                   "bit-reproducible fp32")
+    w.add_argument("--max-n", type=int, default=DEFAULT_LIMITS.max_n,
+                   help=f"largest n per sample request ({DEFAULT_LIMITS.max_n}, as on every transport)")
+    w.add_argument("--max-new-tokens", type=int, default=DEFAULT_LIMITS.max_new_tokens,
+                   help=f"largest max_new_tokens per request ({DEFAULT_LIMITS.max_new_tokens}, as on every transport)")
     w.add_argument("--name", default="genloom-worker", help="connection name (rabbitmqctl list_connections)")
+    w.add_argument("--queue-type", default="quorum", choices=["quorum", "classic"],
+                   help="type of the queues this worker declares (quorum: replicated, with a delivery limit)")
+    w.add_argument("--delivery-limit", type=int, default=5,
+                   help="quorum queues: deliveries of one message before it is dead-lettered (poison messages)")
+    w.add_argument("--lease-s", type=float, default=900.0,
+                   help="hold no delivery longer than this: LM generations continue in a new segment, requests "
+                        "held too long are handed back; keep it below the broker's consumer_timeout (1800 s)")
+    w.add_argument("--depth-interval", type=float, default=5.0,
+                   help="seconds between queue-depth refreshes for the metrics (0 = off)")
     w.set_defaults(func=_cmd_worker)
 
     s = sub.add_parser("submit", help="send requests to RabbitMQ workers and await the results",
@@ -159,4 +171,10 @@ def register(sub: Any) -> None:
     s.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each response")
     s.add_argument("-o", "--out", type=Path, default=None, help="with --count 1: save the images (.npy or .png)")
     s.add_argument("--json", action="store_true", help="print the summary JSON on stdout")
+    s.add_argument("--priority", default="normal", choices=["normal", "high"],
+                   help="high: publish to the model's urgent queue, served before normal requests")
     s.set_defaults(func=_cmd_submit)
+
+    from genloom.queue.status import register as register_status
+
+    register_status(sub)

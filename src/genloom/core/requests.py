@@ -141,10 +141,23 @@ def format_field(*choices: str, default: str | None = None) -> Field:
                  doc="response encoding: " + " | ".join(choices), openapi={"type": "string", "enum": list(choices)})
 
 
+MAX_FLOW_STEPS = 256
+MAX_GUIDANCE = 20.0
+FLOW_STEPS = Field("steps", INT, None, check=_range(1, None, MAX_FLOW_STEPS),
+                   doc="flow models: ODE steps (null: the model file's default)")
+GUIDANCE = Field("guidance", NUM, None, check=_range(0, None, MAX_GUIDANCE),
+                 doc="flow models: classifier-free guidance w (0 unconditional, 1 conditional, > 1 guided; "
+                     "null: the model file's default)")
+FLOW_ONLY = ("steps", "guidance")  # sample fields that only flow models take
+
 SCHEMAS: dict[str, tuple[Field, ...]] = {
     "sample": (
         Field("n", INT, 1, nullable=False, check=_range(1, "max_n"), doc="number of images"),
-        SEED, LABELS,
+        SEED, LABELS, FLOW_STEPS, GUIDANCE,
+    ),
+    "trajectory": (
+        Field("n", INT, 1, nullable=False, check=_range(1, None, 16), doc="number of images (at most 16)"),
+        SEED, LABELS, FLOW_STEPS, GUIDANCE,
     ),
     "generate": (
         Field("prompt", STR, "", nullable=False, check=_prompt, doc="text to continue"),
@@ -170,8 +183,9 @@ SCHEMAS: dict[str, tuple[Field, ...]] = {
         Field("label", INT, None, doc="class label of a conditional model"),
     ),
 }
-IMAGE_KINDS = ("vae", "gan")
-KINDS_OF_OP = {"sample": IMAGE_KINDS, "generate": ("lm",), "reconstruct": ("vae",), "interpolate": ("vae",)}
+IMAGE_KINDS = ("vae", "gan", "flow")
+KINDS_OF_OP = {"sample": IMAGE_KINDS, "generate": ("lm",), "reconstruct": ("vae",), "interpolate": ("vae",),
+               "trajectory": ("flow",)}
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "a boolean", list: "a list",
                dict: "an object", type(None): "null"}
 _OPENAPI_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean", list: "array"}
@@ -222,6 +236,9 @@ def check(op: str, params: Any, *, limits: Limits = DEFAULT_LIMITS, model: Model
         out[f.name] = v
     if op == "generate" and isinstance(out["stop"], str):
         out["stop"] = [out["stop"]]
+    for name in FLOW_ONLY if op == "sample" else ():  # unset flow-only fields stay out: VAE/GAN requests unchanged
+        if out.get(name) is None:
+            del out[name]
     if model is not None:
         check_model(op, out, model)
     return out
@@ -235,8 +252,12 @@ def check_model(op: str, p: dict[str, Any], model: ModelInfo) -> None:
         hint = f" (use {other})" if other else ""
         raise RequestError("op", f"{op} needs a model of kind {' or '.join(kinds)}; this model is of kind "
                                  f"{model.kind}{hint}")
-    if op == "sample":
+    if op in ("sample", "trajectory"):
         p["labels"] = check_labels(p["labels"], p["n"], model.num_classes)
+        if model.kind != "flow":
+            given = next((f for f in FLOW_ONLY if p.get(f) is not None), None)
+            if given:
+                raise RequestError(given, f"only flow models take {given}; this model is of kind {model.kind}")
     elif op == "reconstruct":
         if p["labels"] is not None:
             p["labels"] = check_labels(p["labels"], len(p["images"]), model.num_classes)
@@ -246,9 +267,11 @@ def check_model(op: str, p: dict[str, Any], model: ModelInfo) -> None:
             raise RequestError("label", f"must be in 0..{model.num_classes - 1} for this conditional model"
                                if model.num_classes else "given but this model is not conditional; pass null")
     elif op == "generate" and model.vocab is not None:
-        bad = next((ch for ch in p["prompt"] if ch not in model.vocab), None)
-        if bad is not None:
-            raise RequestError("prompt", f"character {bad!r} is not in the model's vocabulary")
+        bad = list(dict.fromkeys(ch for ch in p["prompt"] if ch not in model.vocab))
+        if bad:
+            chars = ", ".join(f"{ch!r} (U+{ord(ch):04X})" for ch in bad[:5]) + (", …" if len(bad) > 5 else "")
+            raise RequestError("prompt", f"character {chars} is not in the model's vocabulary" if len(bad) == 1
+                               else f"characters {chars} are not in the model's vocabulary")
 
 
 def check_labels(labels: Any, n: int, num_classes: int) -> list[int] | None:

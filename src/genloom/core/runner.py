@@ -10,7 +10,8 @@ Images (``sample``): each request's latent codes are drawn exactly as ``engine.s
 - A fast backend (bf16, int8, compile, onnx) decodes the whole batch in one forward pass: the same 8-bit
   picture within its documented tolerance, at the speed of batching.
 
-Seedless requests share one draw from ``rng``. ``reconstruct`` / ``interpolate`` run one call per request.
+Seedless requests share one draw from ``rng``. ``reconstruct`` / ``interpolate`` / ``trajectory`` run one call per
+request; flow ``sample`` requests too (an ODE solve each, with their own ``steps`` / ``guidance``).
 LM (``generate``): one ``engine.generate`` call per group of requests with equal settings; a seeded request is a
 group of its own (``generate`` gives prompt i of a call the seed ``seed + i``), so its text is the same alone
 or batched.
@@ -52,6 +53,9 @@ def _one(engine: Any, r: Mapping[str, Any]) -> Any:
             return engine.reconstruct(r["images"], labels=r.get("labels"))
         if r["op"] == "interpolate":
             return engine.interpolate(r["a"], r["b"], steps=r["steps"], label=r.get("label"))
+        if r["op"] == "trajectory":  # flow: rows of denoising states and predictions (engine/flow.py)
+            return engine.trajectory_grid(r["n"], seed=r.get("seed"), labels=r.get("labels"), steps=r.get("steps"),
+                                          guidance=r.get("guidance"))
         raise ValueError(f"unknown op {r['op']!r}")
     except Exception as e:  # a bad item fails alone; the rest of the batch is served
         return e
@@ -62,9 +66,10 @@ def _samples(engine: Any, reqs: list[Mapping[str, Any]], rng: np.random.Generato
     from genloom.engine.base import check_labels, check_seed, noise
 
     latent = getattr(engine, "latent", None)
-    if latent is None or not hasattr(engine, "decode"):  # no batched decode: one call per request
+    if latent is None or not hasattr(engine, "decode"):  # no batched decode (flow: an ODE): one call per request
         for i, r in zip(idx, reqs):
-            out[i] = engine.sample(r["n"], seed=r["seed"], labels=r["labels"])
+            flow = {k: r[k] for k in ("steps", "guidance") if r.get(k) is not None}  # flow models only
+            out[i] = engine.sample(r["n"], seed=r["seed"], labels=r["labels"], **flow)
         return
     num_classes = int(getattr(engine, "num_classes", 0) or 0)
     sizes = [int(r["n"]) for r in reqs]

@@ -63,10 +63,12 @@ async def drain_dead_letters(url: str, model: str) -> list[dict[str, Any]]:
 
 
 async def delete_model_queues(url: str, model: str) -> None:
-    """Delete ``genloom.<model>`` and its dead-letter queue (tests and benchmarks clean up after themselves)."""
+    """Delete ``genloom.<model>``, its urgent and its dead-letter queue (tests and benchmarks clean up)."""
+    from genloom.queue.topology import all_queues
+
     conn = await aio_pika.connect(url)
     try:
-        for name in (m.queue_name(model), m.dead_letter_queue(model)):
+        for name in all_queues(model):
             ch = await conn.channel()
             try:
                 await ch.queue_delete(name)

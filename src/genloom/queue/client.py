@@ -27,6 +27,7 @@ from genloom.errors import GenloomError
 from genloom.queue import amqp
 from genloom.queue import messages as m
 from genloom.queue.amqp import CONNECTION_ERRORS, publish, redact
+from genloom.queue.topology import queue_for
 
 
 class QueueTimeout(GenloomError):
@@ -149,20 +150,23 @@ class QueueClient:
         return rid, m.encode_request(m.Request(rid, model, op, params or {})), fut
 
     async def submit(self, model: str, params: dict[str, Any] | None = None, *, op: str = "sample",
-                     request_id: str | None = None) -> asyncio.Future[Response]:
-        """Publish one request (retrying across reconnects); returns the future of its response."""
+                     request_id: str | None = None, priority: str = "normal") -> asyncio.Future[Response]:
+        """Publish one request (retrying across reconnects); returns the future of its response.
+        ``priority="high"`` publishes to the model's urgent queue, which workers serve first (topology.py)."""
+        rk = queue_for(model, priority)
         await self.check_model(model)
         rid, body, fut = self._new_request(model, params, op, request_id)
         try:
-            await self._publish(m.queue_name(model), body, rid)
+            await self._publish(rk, body, rid)
         except BaseException:
             self._pending.pop(rid, None)
             raise
         return fut
 
     async def request(self, model: str, params: dict[str, Any] | None = None, *, op: str = "sample",
-                      request_id: str | None = None, timeout: float | None = None) -> Response:
-        fut = await self.submit(model, params, op=op, request_id=request_id)
+                      request_id: str | None = None, timeout: float | None = None, priority: str = "normal"
+                      ) -> Response:
+        fut = await self.submit(model, params, op=op, request_id=request_id, priority=priority)
         return await self.wait(fut, timeout=timeout)
 
     async def wait(self, fut: asyncio.Future[Response], *, timeout: float | None = None) -> Response:
@@ -173,7 +177,8 @@ class QueueClient:
                                f"this model (rabbitmqctl list_consumers)?") from None
 
     async def run_many(self, model: str, params: Iterable[dict[str, Any]], *, op: str = "sample",
-                       max_in_flight: int = 1000, ids: Iterable[str] | None = None) -> list[Response | Exception]:
+                       max_in_flight: int = 1000, ids: Iterable[str] | None = None, priority: str = "normal"
+                       ) -> list[Response | Exception]:
         """Submit all, keeping at most ``max_in_flight`` unanswered; results in submission order.
 
         Requests are published in groups (everything the window allows at that moment, one frame write, one
@@ -182,9 +187,9 @@ class QueueClient:
         """
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be ≥ 1")
+        rk = queue_for(model, priority)
         await self.check_model(model)
         loop = asyncio.get_running_loop()
-        rk = m.queue_name(model)
         params_it = iter(params)
         id_iter = iter(ids) if ids is not None else None
         results: list[Response | Exception | None] = []

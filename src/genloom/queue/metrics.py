@@ -35,6 +35,22 @@ class WorkerMetrics:
         self.restarts = Gauge("genloom_queue_worker_restarts", "times the supervisor restarted this worker",
                               registry=r)
         self.restarts.set(restarts)
+        # queue depth for autoscalers (docs/queue.md "Autoscaling"): ready messages per queue as the broker
+        # reports them (the same value on every worker: aggregate with max), this worker's unacked deliveries per
+        # queue (sum over workers = the queue's unacked), consumers per queue
+        q = ["queue"]
+        self.ready = Gauge("genloom_queue_messages_ready", "messages waiting in the queue (broker's count, "
+                           "refreshed every --depth-interval seconds)", q, registry=r)
+        self.unacked = Gauge("genloom_queue_messages_unacked", "messages delivered to this worker and not yet "
+                             "acked", q, registry=r)
+        self.consumers = Gauge("genloom_queue_consumers", "consumers of the queue (broker's count)", q,
+                               registry=r)
+        self.poison = Counter("genloom_queue_poison_total", "poison messages dead-lettered on their last "
+                              "delivery (they killed the worker process each time)", label, registry=r)
+        self.lease_renewals = Counter("genloom_queue_lease_renewals_total", "deliveries handed back before the "
+                                      "lease ended (LM continuation segments, requests held too long)", label,
+                                      registry=r)
+        self._unacked: dict[str, Any] = {}
         self._server: Any = None
         self._children: dict[str, SimpleNamespace] = {}
 
@@ -47,6 +63,12 @@ class WorkerMetrics:
                 "consumed", "acked", "redelivered", "retried", "unroutable", "batch_size", "latency", "forward",
                 "in_flight")})
         return c
+
+    def unacked_add(self, queue: str, delta: int) -> None:
+        g = self._unacked.get(queue)
+        if g is None:
+            g = self._unacked[queue] = self.unacked.labels(queue)
+        g.inc(delta)
 
     def serve(self, port: int, *, host: str = "127.0.0.1") -> None:
         from prometheus_client import start_http_server

@@ -20,9 +20,11 @@ import signal
 import sys
 import threading
 import time
+from typing import Any
 
 from genloom.core.supervision import Backoff, bind_to_parent
 from genloom.errors import GenloomError
+from genloom.queue.poison import CrashLog
 from genloom.queue.worker import QueueWorker, WorkerConfig
 
 log = logging.getLogger("genloom.queue.supervisor")
@@ -30,10 +32,10 @@ EXIT_BAD_INPUT = 2
 _EARLY_STOP = threading.Event()  # SIGTERM/SIGINT received while the worker process was still starting  # a config/model/connection problem at first start: restarting will not help
 
 
-async def run_worker(config: WorkerConfig, *, restarts: int = 0, ready: "mp.synchronize.Event | None" = None
-                     ) -> int:
+async def run_worker(config: WorkerConfig, *, restarts: int = 0, ready: "mp.synchronize.Event | None" = None,
+                     crash_log: Any = None, culprits: frozenset[str] = frozenset()) -> int:
     """Run one worker until SIGTERM/SIGINT, then shut down gracefully. Returns the exit code."""
-    worker = QueueWorker(config, restarts=restarts)
+    worker = QueueWorker(config, restarts=restarts, crash_log=crash_log, culprits=culprits)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -49,7 +51,8 @@ async def run_worker(config: WorkerConfig, *, restarts: int = 0, ready: "mp.sync
     return 0
 
 
-def _child(config: WorkerConfig, restarts: int, ready: "mp.synchronize.Event", supervisor_pid: int) -> None:
+def _child(config: WorkerConfig, restarts: int, ready: "mp.synchronize.Event", supervisor_pid: int,
+           crash_log: Any = None, culprits: frozenset[str] = frozenset()) -> None:
     bind_to_parent(supervisor_pid)  # kill -9 of the supervisor: this process dies too, its deliveries requeue
     for sig in (signal.SIGTERM, signal.SIGINT):  # not the supervisor's handlers (inherited by fork): a signal
         signal.signal(sig, lambda *_: _EARLY_STOP.set())  # before the event loop runs stops right after start
@@ -62,7 +65,8 @@ def _child(config: WorkerConfig, restarts: int, ready: "mp.synchronize.Event", s
     except ImportError:  # optional: the stdlib loop works, a little slower
         pass
     try:
-        code = asyncio.run(run_worker(config, restarts=restarts, ready=ready))
+        code = asyncio.run(run_worker(config, restarts=restarts, ready=ready, crash_log=crash_log,
+                                      culprits=culprits))
     except GenloomError as e:
         print(f"genloom: error: {e}", file=sys.stderr)
         code = EXIT_BAD_INPUT
@@ -87,11 +91,15 @@ def supervise(config: WorkerConfig, *, max_restarts: int | None = None) -> int:
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     restarts, ever_ready = 0, False
+    crash_log = CrashLog.create(ctx)  # the keys of the batch in a forward pass, written by the worker process
+    culprits: list[str] = []  # messages that killed a worker process while running alone (poison.py)
     backoff = Backoff(0.5, 10.0, stable_s=30.0)
     try:
         while True:
             ready = ctx.Event()
-            proc = ctx.Process(target=_child, args=(config, restarts, ready, os.getpid()), name=f"{config.name}-{restarts}")
+            CrashLog(crash_log).clear()
+            proc = ctx.Process(target=_child, args=(config, restarts, ready, os.getpid(), crash_log,
+                                                    frozenset(culprits)), name=f"{config.name}-{restarts}")
             proc.start()
             started = time.monotonic()
             log.info("worker process %d started (restart %d)", proc.pid, restarts)
@@ -107,6 +115,10 @@ def supervise(config: WorkerConfig, *, max_restarts: int | None = None) -> int:
             if max_restarts is not None and restarts >= max_restarts:
                 log.error("worker process died (exit %s); %d restarts used up", code, restarts)
                 return 1
+            held = CrashLog.read(crash_log)
+            if len(held) == 1 and held[0] not in culprits:  # it died running this one message alone
+                culprits[:] = (culprits + held)[-1000:]
+                log.warning("message %s killed the worker process while running alone", held[0])
             delay = backoff.next(time.monotonic() - started)
             how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
             print(f"genloom worker: worker process {proc.pid} died ({how}); restarting in {delay:.1f} s",

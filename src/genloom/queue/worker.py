@@ -25,6 +25,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import functools
+import math
 import logging
 import time
 import uuid
@@ -39,9 +40,11 @@ from genloom.core.runner import run_batch
 from genloom.errors import GenloomError
 from genloom.queue import amqp
 from genloom.queue.amqp import CONNECTION_ERRORS, publish
-from genloom.queue.flow import AckWindow, Batcher
-from genloom.queue import messages as m
+from genloom.core.batcher import Batcher, Entry
+from genloom.queue.flow import AckWindow
+from genloom.queue import lease, messages as m, poison
 from genloom.queue.metrics import WorkerMetrics
+from genloom.queue.topology import Topology, delivery_count, request_queues
 
 log = logging.getLogger("genloom.queue.worker")
 PUBLISH_TIMEOUT_S = 15.0  # a reply or retry not confirmed by then is given up: its request stays unacked
@@ -63,6 +66,14 @@ class WorkerConfig:
     max_n: int = DEFAULT_LIMITS.max_n  # request caps: the same defaults as every transport (core/requests.py)
     max_new_tokens: int = DEFAULT_LIMITS.max_new_tokens
     name: str = "genloom-worker"  # the connection name shown by `rabbitmqctl list_connections`
+    queue_type: str = "quorum"  # quorum | classic (topology.py)
+    delivery_limit: int = 5  # quorum: deliveries of one message before it is dead-lettered (poison messages)
+    lease_s: float = lease.DEFAULT_LEASE_S  # hold no delivery longer than this (lease.py; < consumer_timeout)
+    depth_interval_s: float = 5.0  # how often the queue depth gauges are refreshed from the broker (0 = off)
+
+    @property
+    def topology(self) -> Topology:
+        return Topology(self.queue_type, self.delivery_limit)
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -75,6 +86,9 @@ class WorkerConfig:
                 raise ValueError(f"--{key.replace('_', '-')} must be ≥ {lo}, got {getattr(self, key)}")
         if self.batch_timeout_ms < 0:
             raise ValueError(f"--batch-timeout-ms must be ≥ 0, got {self.batch_timeout_ms}")
+        if not self.lease_s > 0 or self.depth_interval_s < 0:
+            raise ValueError("--lease-s must be > 0 and --depth-interval ≥ 0")
+        self.topology  # validates queue_type and delivery_limit
 
 
 class ModelRunner:
@@ -83,9 +97,11 @@ class ModelRunner:
 
     def __init__(self, name: str, path: str, *, threads: int | None = 1, backend: str = "auto") -> None:
         from genloom import engine
+        from genloom.export import read_header
 
         self.name, self.path = name, path
-        self.engine = engine.load(path, threads=threads, backend=backend)
+        lm = read_header(path).kind == "lm"  # the LM has one backend (eager, KV cache)
+        self.engine = engine.load(path, threads=threads, backend="auto" if lm else backend)
         self.kind: str = self.engine.kind
         self.info = ModelInfo.of_header(self.engine.header)
 
@@ -106,6 +122,9 @@ class _Item:
     msg: aiormq.abc.DeliveredMessage
     t0: float
     window: AckWindow
+    queue: str = ""
+    count: int = 0  # deliveries of this message before this one
+    key: str = ""  # poison.message_key
     req: m.Request | None = None
 
     @property
@@ -124,10 +143,15 @@ class _Item:
 class QueueWorker:
     """One worker process's consumer. ``await start()``, then ``await stop()`` finishes in-flight work."""
 
-    def __init__(self, config: WorkerConfig, *, restarts: int = 0) -> None:
+    def __init__(self, config: WorkerConfig, *, restarts: int = 0, crash_log: Any = None,
+                 culprits: frozenset[str] = frozenset()) -> None:
         self.config = config
         self.limits = dataclasses.replace(DEFAULT_LIMITS, max_n=config.max_n, max_new_tokens=config.max_new_tokens)
         self.metrics = WorkerMetrics(restarts=restarts)
+        self.crash_log = poison.CrashLog(crash_log)  # shared with the supervisor (poison.py)
+        self.culprits = culprits  # keys of messages that killed an earlier worker process while running alone
+        self._lanes: dict[str, poison.SuspectLane] = {}
+        self._depth_task: asyncio.Task[None] | None = None
         self.runners: dict[str, ModelRunner] = {}
         self.connection: aio_pika.abc.AbstractRobustConnection | None = None
         self.channel: aio_pika.abc.AbstractRobustChannel | None = None
@@ -152,25 +176,33 @@ class QueueWorker:
         await self.channel.set_qos(prefetch_count=cfg.prefetch)
         self._consumers = amqp.RobustConsumers(self.channel, self._declare_all)
         for name in cfg.models:
-            try:
-                await self._declare(name)
-            except aiormq.exceptions.ChannelPreconditionFailed as e:
-                raise GenloomError(f"queue {m.queue_name(name)} exists with other settings ({e}); delete it "
-                                   f"(rabbitmqctl delete_queue {m.queue_name(name)}) and start again") from None
-            batcher = Batcher(functools.partial(self._process, name), size=cfg.batch_size,
-                               timeout=cfg.batch_timeout_ms / 1000, concurrency=cfg.concurrency)
+            await self._declare(name)  # GenloomError naming the fix for a queue declared otherwise (topology.py)
+            # the one batcher of every transport (core/batcher.py): no deadlines here, and the prefetch windows
+            # (one per consumer) bound what can be queued, so it never refuses a delivery
+            batcher = Batcher(functools.partial(self._run_entries, name), max_batch_size=cfg.batch_size,
+                              max_wait_ms=cfg.batch_timeout_ms, max_queue=cfg.prefetch * len(request_queues(name)),
+                              concurrency=cfg.concurrency)
             batcher.start()
             self._batchers[name] = batcher
-            self._consumers.add(f"{cfg.name}.{name}.{uuid.uuid4().hex[:12]}", m.queue_name(name),
-                                functools.partial(self._on_message, name))
+            lane = poison.SuspectLane(functools.partial(self._process, name), culprits=self.culprits)
+            lane.start()
+            self._lanes[name] = lane
+            # the urgent queue's consumer first; each consumer has its own prefetch window (basic.qos per consumer)
+            for queue in reversed(request_queues(name)):
+                self._consumers.add(f"{cfg.name}.{queue}.{uuid.uuid4().hex[:12]}", queue,
+                                    functools.partial(self._on_message, name, queue))
         await self._consumers.start()  # raw aiormq consumers, kept consuming across reconnects (amqp.py)
-        log.info("worker %s consuming %s", cfg.name, ", ".join(m.queue_name(n) for n in cfg.models))
+        if cfg.depth_interval_s:
+            from genloom.queue.depth import poll_depth
+
+            self._depth_task = asyncio.create_task(poll_depth(self.connection, list(cfg.models), self.metrics,
+                                                              interval=cfg.depth_interval_s))
+        log.info("worker %s consuming %s (%s queues, delivery limit %d)", cfg.name,
+                 ", ".join(q for n in cfg.models for q in request_queues(n)), cfg.queue_type, cfg.delivery_limit)
 
     async def _declare(self, name: str) -> None:
         assert self.channel is not None
-        await self.channel.declare_queue(m.dead_letter_queue(name), durable=True)
-        await self.channel.declare_queue(m.queue_name(name), durable=True, arguments={
-            "x-dead-letter-exchange": "", "x-dead-letter-routing-key": m.dead_letter_queue(name)})
+        await self.config.topology.declare(self.channel, name)
 
     async def _declare_all(self) -> None:
         for name in self.config.models:
@@ -178,6 +210,8 @@ class QueueWorker:
 
     async def stop(self) -> None:
         """Stop consuming, finish and ack what was delivered, close the connection."""
+        if self._depth_task is not None:
+            self._depth_task.cancel()
         if self._consumers is not None:
             await self._consumers.stop()
         await asyncio.sleep(0.05)  # deliveries already read from the socket reach _on_message
@@ -187,6 +221,8 @@ class QueueWorker:
             log.warning("in-flight work did not finish in time; the broker will redeliver it")
         for b in self._batchers.values():
             await b.stop()
+        for lane in self._lanes.values():
+            await lane.stop()
         if self.connection is not None:
             try:
                 await asyncio.wait_for(self.connection.close(), 5)
@@ -200,6 +236,8 @@ class QueueWorker:
     async def _drain(self) -> None:
         for b in self._batchers.values():
             await b.drain()
+        for lane in self._lanes.values():
+            await lane.drain()
         while self._side:
             await asyncio.gather(*list(self._side), return_exceptions=True)
         for w in self._windows:
@@ -213,25 +251,48 @@ class QueueWorker:
             self._windows = [x for x in self._windows if not x.channel.is_closed] + [w]
         return w
 
-    async def _on_message(self, model: str, msg: aiormq.abc.DeliveredMessage) -> None:
+    async def _on_message(self, model: str, queue: str, msg: aiormq.abc.DeliveredMessage) -> None:
         window = self._window_of(msg.channel)
-        item = _Item(msg, time.monotonic(), window)
+        props = msg.header.properties
+        item = _Item(msg, time.monotonic(), window, queue,
+                     delivery_count(props.headers, bool(msg.delivery.redelivered)),  # type: ignore[union-attr]
+                     poison.message_key(props.message_id, props.correlation_id, msg.body))
         window.delivered(item.tag)
         mx = self.metrics.of(model)
         mx.consumed.inc()
         mx.in_flight.inc()
-        if msg.delivery.redelivered:  # type: ignore[union-attr]
+        self.metrics.unacked_add(queue, 1)
+        if item.count:
             mx.redelivered.inc()
-            self._spawn(self._retry(model, item, reason="redelivered: a worker died or lost its connection "
-                                                        "while holding it", code="redelivered"))
-            return
+            if self.config.queue_type == "classic":  # no delivery count: count it as a retry (republished)
+                self._spawn(self._retry(model, item, reason="redelivered: a worker died or lost its connection "
+                                                            "while holding it", code="redelivered"))
+                return
+            if item.key in self.culprits and item.count >= self.config.delivery_limit - 1:
+                self.metrics.poison.labels(model).inc()
+                self._spawn(self._dead_letter(
+                    model, item, f"poison message: it killed the worker process on each of its {item.count} "
+                                 f"deliveries so far (delivery limit {self.config.delivery_limit})",
+                    "redelivered", request_id=m.request_id_of(msg.body)))
+                return
         try:
             item.req = m.parse_request(msg.body, kinds={model: self.runners[model].info}, limits=self.limits)
         except m.InvalidRequest as e:
             self.metrics.rejected.labels(model, e.code).inc()
             self._spawn(self._dead_letter(model, item, str(e), e.code, request_id=e.request_id))
             return
-        self._batchers[model].put(item)
+        if item.count:  # a suspect (its worker died holding it): alone, one at a time (poison.py)
+            self._lanes[model].put(item, count=item.count, key=item.key)
+        else:
+            self._batchers[model].submit(item, deadline=math.inf, urgent=queue != m.queue_name(model))
+
+    async def _run_entries(self, model: str, entries: list[Entry]) -> list[None]:
+        """The batcher's run_batch: replies and acks happen inside ``_process``; nothing is returned."""
+        try:
+            await self._process(model, [e.item for e in entries])
+        except Exception:  # never fail the batcher; the messages stay unacked and come back
+            log.exception("batch handler failed")
+        return [None] * len(entries)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -243,21 +304,85 @@ class QueueWorker:
         stale = [it for it in batch if not it.live]  # the broker already requeued these
         if stale:
             mx.in_flight.dec(len(stale))
+            for it in stale:
+                self.metrics.unacked_add(it.queue, -1)
             batch = [it for it in batch if it.live]
+        # held longer than the lease before the forward pass began: hand back instead of starting (lease.py)
+        expired = [it for it in batch if time.monotonic() - it.t0 >= self.config.lease_s]
+        if expired:
+            batch = [it for it in batch if it not in expired]
+            await asyncio.gather(*(self._hand_back(model, it, it.props.headers) for it in expired))
         if not batch:
             return
         runner = self.runners[model]
         mx.batch_size.observe(len(batch))
         t0 = time.monotonic()
         try:
+            if runner.kind == "lm":
+                await self._generate(model, batch)
+                return
             results = await asyncio.get_running_loop().run_in_executor(
-                self._executors[model], runner.run, [it.req for it in batch])
+                self._executors[model], self._forward, runner.run, batch)
         except Exception as e:
             log.warning("batch of %d failed on %s: %r; retrying its requests", len(batch), model, e)
             reason = f"{type(e).__name__}: {e}"
             await asyncio.gather(*(self._retry(model, it, reason=reason, code="failed") for it in batch))
             return
         mx.forward.observe(time.monotonic() - t0)
+        await self._reply(model, batch, results)
+
+    def _forward(self, fn: Any, batch: list[_Item], *args: Any) -> Any:
+        """In the model thread: name the batch's messages to the supervisor while they run (poison.py)."""
+        reqs = [it.req for it in batch]
+        self.crash_log.record([it.key for it in batch])
+        try:
+            poison.chaos_check([r.id for r in reqs if r is not None])
+            return fn(reqs, *args)
+        finally:
+            self.crash_log.clear()
+
+    async def _generate(self, model: str, batch: list[_Item]) -> None:
+        """LM: one segment of each generation, up to the end of the batch's lease (lease.py); an unfinished one
+        is continued by a copy with the text so far (published, confirmed) before its delivery is acked."""
+        mx = self.metrics.of(model)
+        runner = self.runners[model]
+        t0 = time.monotonic()
+        deadline = min(it.t0 for it in batch) + self.config.lease_s
+        segments = [lease.segment_of(it.props.headers) for it in batch]
+
+        def run(reqs: list[m.Request]) -> list[tuple[str, int, bool]]:
+            return lease.generate_until(runner.engine, [r.params for r in reqs], segments, deadline=deadline)
+
+        out = await asyncio.get_running_loop().run_in_executor(self._executors[model], self._forward, run, batch)
+        mx.forward.observe(time.monotonic() - t0)
+        done, cont = [], []
+        for it, seg, (text, ntok, fin) in zip(batch, segments, out):
+            full, stopped = lease.join(seg[0], text, it.req.params.get("stop"))  # type: ignore[union-attr]
+            if fin or stopped:
+                done.append((it, {"text": full}))
+            else:
+                cont.append((it, text, ntok))
+        if cont:
+            await asyncio.gather(*(self._hand_back(model, it, lease.continuation_headers(
+                it.props.headers, text=text, tokens=ntok)) for it, text, ntok in cont))
+        if done:
+            await self._reply(model, [it for it, _ in done], [r for _, r in done])
+
+    async def _hand_back(self, model: str, item: _Item, headers: dict[str, Any] | None) -> None:
+        """Publish a copy (confirmed) to the urgent queue, then ack the delivery; unacked if the publish fails."""
+        props = item.props
+        try:
+            await self._publish(request_queues(model)[1], item.msg.body, model=model, headers=headers,
+                                correlation_id=props.correlation_id, reply_to=props.reply_to,
+                                message_id=props.message_id)
+        except CONNECTION_ERRORS as e:
+            log.debug("hand-back publish failed (%r); the broker redelivers the message", e)
+            return
+        self.metrics.lease_renewals.labels(model).inc()
+        self._finish(model, item)
+
+    async def _reply(self, model: str, batch: list[_Item], results: list[Any]) -> None:
+        mx = self.metrics.of(model)
         # all responses in one frame write, then ack each request whose response the broker confirmed
         replies = [(it, amqp.Outgoing(it.props.reply_to, m.ok_response(it.req.id, res),  # type: ignore[union-attr]
                                       correlation_id=it.props.correlation_id))
@@ -300,9 +425,10 @@ class QueueWorker:
                                     request_id=m.request_id_of(item.msg.body))
             return
         try:
-            await self._publish(m.queue_name(model), item.msg.body, model=model,
+            await self._publish(item.queue or m.queue_name(model), item.msg.body, model=model,
                                 headers={**(props.headers or {}), m.H_RETRIES: retries},
-                                correlation_id=props.correlation_id, reply_to=props.reply_to)
+                                correlation_id=props.correlation_id, reply_to=props.reply_to,
+                                message_id=props.message_id)
             self.metrics.of(model).retried.inc()
             self._finish(model, item)
         except CONNECTION_ERRORS as e:
@@ -326,11 +452,12 @@ class QueueWorker:
             log.debug("dead-letter publish failed (%r); the broker redelivers the message", e)
 
     async def _publish(self, routing_key: str, body: bytes, *, model: str, correlation_id: str | None = None,
-                       reply_to: str | None = None, headers: dict[str, Any] | None = None) -> None:
+                       reply_to: str | None = None, headers: dict[str, Any] | None = None,
+                       message_id: str | None = None) -> None:
         assert self.channel is not None
         try:
             await publish(self.channel, routing_key, body, correlation_id=correlation_id, reply_to=reply_to,
-                          headers=headers, timeout=PUBLISH_TIMEOUT_S)
+                          headers=headers, timeout=PUBLISH_TIMEOUT_S, message_id=message_id)
         except aiormq.exceptions.PublishError:  # no such queue: the client is gone; nobody to answer
             self.metrics.of(model).unroutable.inc()
 
@@ -342,6 +469,7 @@ class QueueWorker:
             mx.acked.inc()
             mx.latency.observe(time.monotonic() - item.t0)
         mx.in_flight.dec()
+        self.metrics.unacked_add(item.queue, -1)
 
 
 def _thread_setup(threads: int) -> None:

@@ -37,7 +37,7 @@ def sample_grid_callback(n: int = 64, *, seed: int = 1234, labels: torch.Tensor 
         with torch.no_grad():
             imgs = model.generate(n, generator=torch.Generator().manual_seed(seed), labels=labels)
         model.train(was_training)
-        x = imgs.float().numpy()
+        x = imgs.float().cpu().numpy()
         save_grid(x, Path(trainer.out) / "samples" / f"epoch-{trainer.epoch:03d}.png",
                   nrow=10 if labels is not None else None)
         trainer.log.image("samples", trainer.step, grid(x, nrow=10 if labels is not None else None))

@@ -104,9 +104,20 @@ def routes(server: Server) -> list[BaseRoute]:
     async def sample(request: Request, rid: str) -> Response:
         svc = service(request)
         p, deadline = await body_of(request, svc, "sample")
-        item = {"op": "sample", "n": p["n"], "seed": p["seed"], "labels": p["labels"]}
+        item = {"op": "sample", "n": p["n"], "seed": p["seed"], "labels": p["labels"],
+                **{k: p[k] for k in requests.FLOW_ONLY if p.get(k) is not None}}  # flow: steps, guidance
         images = await submit(request, svc, item, size=p["n"], deadline=deadline, rid=rid)
         return image_response(images, p["format"], svc)
+
+    async def trajectory(request: Request, rid: str) -> Response:
+        svc = service(request)
+        p, deadline = await body_of(request, svc, "trajectory")
+        item = {"op": "trajectory", "n": p["n"], "seed": p["seed"], "labels": p["labels"], "steps": p["steps"],
+                "guidance": p["guidance"]}
+        images = await submit(request, svc, item, size=p["n"], deadline=deadline, rid=rid)
+        steps = p["steps"] or int(svc.header.config.get("sample_steps", 8))
+        return Response(encode_images(images, p["format"], meta={"model": svc.name}, nrow=steps + 1),
+                        media_type=MEDIA[p["format"]])
 
     async def reconstruct(request: Request, rid: str) -> Response:
         svc = service(request)
@@ -190,6 +201,7 @@ def routes(server: Server) -> list[BaseRoute]:
         ("/v1/models/{name}/generate", "generate", generate, ["POST"]),
         ("/v1/models/{name}/reconstruct", "reconstruct", reconstruct, ["POST"]),
         ("/v1/models/{name}/interpolate", "interpolate", interpolate, ["POST"]),
+        ("/v1/models/{name}/trajectory", "trajectory", trajectory, ["POST"]),
         ("/admin/models/{name}/reload", "reload", reload, ["POST"]),
         ("/healthz", "healthz", healthz, ["GET"]),
         ("/readyz", "readyz", readyz, ["GET"]),

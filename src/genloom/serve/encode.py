@@ -45,12 +45,13 @@ def npy_bytes(a: np.ndarray) -> bytes:
     return head + a.tobytes()
 
 
-def encode_images(images: np.ndarray, fmt: str, *, meta: dict[str, Any] | None = None) -> bytes:
-    """images: float32 (n, 28, 28) in [0, 1]."""
+def encode_images(images: np.ndarray, fmt: str, *, meta: dict[str, Any] | None = None,
+                  nrow: int | None = None) -> bytes:
+    """images: float32 (n, 28, 28) in [0, 1]; ``nrow`` images per row of a png grid (default: square)."""
     if fmt == "npy":
         return npy_bytes(images)
     if fmt == "png":
-        return png_gray(grid(images))
+        return png_gray(grid(images, nrow=nrow))
     # json: 6 decimals keep float32 precision to ~1e-6 while halving the body
     return json.dumps({**(meta or {}), "shape": list(images.shape),
                        "images": np.round(images.astype(np.float64), 6).tolist()}).encode()
@@ -64,4 +65,5 @@ EXTRA: dict[str, tuple[requests.Field, ...]] = {
     "generate": (STREAM,),
     "reconstruct": (requests.format_field("png", "npy", "json", default="json"),),
     "interpolate": (requests.format_field("png", "npy", "json"),),
+    "trajectory": (requests.format_field("png", "npy", "json"),),
 }

@@ -24,6 +24,7 @@ EXTRA: dict[str, tuple[requests.Field, ...]] = {
     "generate": (STREAM,),
     "reconstruct": (requests.format_field("png", "npy", "json", default="json"),),
     "interpolate": (requests.format_field("png", "npy", "json"),),
+    "trajectory": (requests.format_field("png", "npy", "json"),),
 }
 
 
@@ -45,12 +46,15 @@ def openapi_spec(server: Any) -> dict[str, Any]:
     json_c = {"application/json": {}}
     paths = {
         "/v1/models": {"get": _op("list served models: name, kind, config, provenance", None, json_c, errors=False)},
-        "/v1/models/{name}/sample": {"post": _op("images from a VAE or GAN", "sample", IMAGE_CONTENT)},
+        "/v1/models/{name}/sample": {"post": _op("images from a VAE, GAN or flow model", "sample", IMAGE_CONTENT)},
         "/v1/models/{name}/generate": {"post": _op("text from an LM; stream=true answers text/event-stream",
                                                     "generate", {"application/json": {}, "text/event-stream": {}})},
         "/v1/models/{name}/reconstruct": {"post": _op("VAE: decode(encode(images))", "reconstruct", IMAGE_CONTENT)},
         "/v1/models/{name}/interpolate": {"post": _op("VAE: images along the slerp path between two latents",
                                                        "interpolate", IMAGE_CONTENT)},
+        "/v1/models/{name}/trajectory": {"post": _op("flow: the denoising path — per image a row of states x_t "
+                                                      "and a row of predictions of the data, ending in the sample",
+                                                      "trajectory", IMAGE_CONTENT)},
         "/admin/models/{name}/reload": {"post": {"summary": "swap in a model file (Authorization: Bearer token); "
                                                             "body {\"path\": ...} optional",
                                                  "responses": {"200": {"description": "reloaded"},

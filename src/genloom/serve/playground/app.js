@@ -352,15 +352,67 @@ function lmSection(m, info) {
     err, out, stats);
 }
 
+// --- flow: the denoising trajectory — from noise (t = 1) to the image (t = 0), the state x_t and the prediction
+// x̂₀ = x_t − t·v at every step (the server decodes both through the autoencoder) ---------------------------
+function trajectorySection(m, names) {
+  const c = m.config || {};
+  const seed = numberInput(0, { min: 0, class: "traj-seed" });
+  const steps = numberInput(c.sample_steps ?? 8, { min: 1, max: 64, class: "traj-steps" });
+  const guidance = numberInput(c.guidance ?? 1, { min: 0, max: 20, step: 0.5, class: "traj-guidance" });
+  const label = names.length
+    ? el("select", { class: "traj-label" }, names.map((_, i) => el("option", { value: String(i) }, labelText(names, i))))
+    : null;
+  const canvas = el("canvas", { class: "traj-strip" });
+  const caption = el("figcaption", { class: "muted small traj-caption" });
+  const err = errorBox();
+  const go = el("button", { class: "primary", onclick: () => run() }, "Denoise");
+  const section = el("section", { class: "block trajectory", dataset: { state: "loading" } },
+    el("h3", {}, "Denoising trajectory"),
+    el("div", { class: "controls" }, field("seed", seed), label ? field("class", label) : null,
+      field("steps", steps), field("guidance", guidance), go),
+    err, el("figure", {}, canvas, caption));
+
+  async function run() {
+    const k = Math.max(1, Math.min(64, intOf(steps, 8)));
+    const w = Number.parseFloat(guidance.value);
+    const body = { n: 1, seed: intOf(seed, 0), steps: k, guidance: Number.isFinite(w) ? w : null, format: "json" };
+    if (label) body.labels = [Number(label.value)];
+    busy(go, true);
+    section.dataset.state = "loading";
+    const t0 = performance.now();
+    try {
+      const r = await postJSON(`/v1/models/${encodeURIComponent(m.name)}/trajectory`, body);
+      const images = (await r.json()).images; // 2·(k + 1) images: states x_t then predictions x̂₀, each + the sample
+      drawImages(canvas, images, { cols: k + 1, scale: 2 });
+      const nfe = (c.sampler === "euler" ? 1 : 2) * k;
+      caption.textContent = `top: x_t from t = 1 (noise) to 0 · bottom: predicted image x̂₀ = x_t − t·v · ` +
+        `${k} ${c.sampler || "heun"} steps (${nfe} evaluations) · ${Math.round(performance.now() - t0)} ms`;
+      err.show(null);
+      section.dataset.state = "ready";
+    } catch (e) {
+      err.show(e);
+      section.dataset.state = "error";
+    } finally {
+      busy(go, false);
+    }
+  }
+  for (const input of [seed, steps, guidance, label]) input?.addEventListener("change", run);
+  run();
+  return section;
+}
+
 // --- the page ---------------------------------------------------------------------------------------------
 function modelCard(m, info) {
   const num = Number(m.config?.num_classes || 0);
   const names = info.class_names || [];
   const summary = m.kind === "lm"
     ? `${m.config.n_layer} layers · ${m.config.n_embd} wide · context ${m.config.block_size} · vocab ${m.config.vocab_size}`
+    : m.kind === "flow"
+    ? `DiT ${m.config.depth}×${m.config.dim} · latent ${m.config.ae_channels}×7×7 · ${m.config.sampler} ${m.config.sample_steps} steps${num ? ` · ${num} classes` : ""}`
     : `latent ${m.config.latent}${m.config.arch ? " · " + m.config.arch : ""}${num ? ` · ${num} classes` : ""}`;
   const blocks = m.kind === "lm" ? [lmSection(m, info)]
-    : [sampleSection(m), num ? labelSection(m, names) : null, m.kind === "vae" ? walkSection(m, num ? names : []) : null];
+    : [sampleSection(m), num ? labelSection(m, names) : null, m.kind === "vae" ? walkSection(m, num ? names : []) : null,
+      m.kind === "flow" ? trajectorySection(m, num ? names : []) : null];
   return el("article", { class: "panel model", id: `model-${m.name}`, dataset: { kind: m.kind, name: m.name } },
     el("header", {},
       el("h2", {}, m.name), el("span", { class: `badge ${m.kind}` }, m.kind),
