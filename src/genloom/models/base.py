@@ -29,7 +29,8 @@ class LossOutput:
 class TrainerHooks(Protocol):
     """What a model's ``train_step`` may use from the Trainer."""
 
-    def clip_and_step(self, name: str, loss: torch.Tensor) -> float: ...
+    def clip_and_step(self, name: str, loss: torch.Tensor, *, params: list[torch.nn.Parameter] | None = None
+                      ) -> float: ...
 
 
 def config_to_json(cfg: Any) -> str:

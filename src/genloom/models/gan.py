@@ -231,7 +231,7 @@ class GAN(GenerativeModel):
         h = min(ema_kimg·1000, ema_rampup · images seen). The ramp-up keeps the average short early on, so it
         helps short runs too (a fixed β = 0.999 would average in the first, poor generators for a long time)."""
         c = self.config
-        self.ema_images += batch_size
+        self.ema_images: torch.Tensor = self.ema_images + batch_size
         if c.ema_kimg <= 0:
             return
         half_life = min(c.ema_kimg * 1000.0, c.ema_rampup * float(self.ema_images)) if c.ema_rampup else \

@@ -36,7 +36,6 @@ import aiormq
 
 from genloom.core.requests import DEFAULT_LIMITS, ModelInfo
 from genloom.core.runner import run_batch
-from genloom.errors import GenloomError
 from genloom.queue import amqp
 from genloom.queue.amqp import CONNECTION_ERRORS, publish
 from genloom.queue.flow import AckWindow, Batcher
@@ -86,7 +85,7 @@ class WorkerConfig:
             raise ValueError(f"--batch-timeout-ms must be ≥ 0, got {self.batch_timeout_ms}")
         if not self.lease_s > 0 or self.depth_interval_s < 0:
             raise ValueError("--lease-s must be > 0 and --depth-interval ≥ 0")
-        self.topology  # validates queue_type and delivery_limit
+        self.topology  # noqa: B018 - the property validates queue_type and delivery_limit
 
 
 class ModelRunner:
@@ -125,7 +124,7 @@ class _Item:
 
     @property
     def tag(self) -> int:
-        return self.msg.delivery.delivery_tag  # type: ignore[union-attr]
+        return self.msg.delivery.delivery_tag  # type: ignore[union-attr,return-value]
 
     @property
     def props(self) -> Any:

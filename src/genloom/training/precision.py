@@ -9,7 +9,7 @@ where the CPU runs bf16 natively (AMX or AVX512-BF16), else ``ieee``.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -38,7 +38,7 @@ def resolve(precision: str) -> str:
 def matmul_precision(precision: str) -> Iterator[str]:
     """Set oneDNN's float32 matmul precision for the block; restores the previous setting. Yields the one used."""
     used = resolve(precision)
-    backend = torch.backends.mkldnn.matmul
+    backend: Any = torch.backends.mkldnn.matmul  # type: ignore[attr-defined]  # not in torch's stubs
     prev = backend.fp32_precision
     backend.fp32_precision = used
     try:
