@@ -17,6 +17,7 @@ from typing import Iterator
 
 import torch
 
+from genloom.data.batches import Sharding
 from genloom.errors import DataError, GenloomError
 
 # Where `genloom train lm` looks for tinyshakespeare.txt without --data (relative to the working directory;
@@ -110,7 +111,7 @@ def split_tokens(tokens: torch.Tensor, *, val_fraction: float = 0.1) -> tuple[to
     return tokens[:n], tokens[n:]
 
 
-class WindowBatches:
+class WindowBatches(Sharding):
     """(x, y) batches of random contiguous windows: x = tokens[o:o+T], y = tokens[o+1:o+T+1], each (B, T) int64.
 
     One "epoch" is ``steps`` batches (e.g. the validation interval); its B·steps offsets are drawn up front.
@@ -134,11 +135,19 @@ class WindowBatches:
         hi = len(self.tokens) - self.block_size  # offsets 0 .. N-T-1, so that y's last index is ≤ N-1
         offsets = torch.randint(hi, (self.steps, self.batch_size), generator=generator)  # (steps, B)
         for b in range(start, self.steps):
-            w = self.tokens[offsets[b, :, None] + self._ar]  # (B, T+1)
+            o = self._take(offsets[b])  # this rank's windows of the global batch
+            if o is None:
+                continue
+            w = self.tokens[o.to(self.device)[:, None] + self._ar]  # (B, T+1)
             yield w[:, :-1], w[:, 1:]
 
+    def to(self, device: torch.device | str) -> "WindowBatches":
+        self.device = torch.device(device)
+        self.tokens, self._ar = self.tokens.to(self.device), self._ar.to(self.device)
+        return self
 
-class SequentialWindows:
+
+class SequentialWindows(Sharding):
     """Non-overlapping windows covering ``tokens`` exactly once, in order; the last batch may be smaller and
     the last window shorter. Every token but the first is a target exactly once."""
 
@@ -163,8 +172,20 @@ class SequentialWindows:
         n_body = -(-self.full // self.batch_size)
         for b in range(start, len(self)):
             if b < n_body:
-                sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
+                rows = self._take(torch.arange(b * self.batch_size, min((b + 1) * self.batch_size, self.full)))
+                if rows is None:
+                    continue
+                sl = slice(int(rows[0]), int(rows[-1]) + 1) if len(rows) else slice(0, 0)  # contiguous rows
                 yield x_all[sl], y_all[sl]
             else:
+                rows = self._take(torch.arange(1))
+                if rows is None:
+                    continue
                 o = self.full * T
-                yield self.tokens[o:o + self.tail][None], self.tokens[o + 1:o + self.tail + 1][None]  # (1, tail)
+                k = self.tail if len(rows) else 0  # the last, shorter window: one rank's
+                yield self.tokens[o:o + k][None], self.tokens[o + 1:o + k + 1][None]  # (1, tail)
+
+    def to(self, device: torch.device | str) -> "SequentialWindows":
+        self.device = torch.device(device)
+        self.tokens = self.tokens.to(self.device)
+        return self

@@ -41,10 +41,12 @@ def _split_head(module: nn.Module) -> tuple[nn.Module, nn.Module]:
 
 def eager(module: nn.Module, example: np.ndarray, threads: int | None) -> Runner:
     module = module.eval()
+    p = next(module.parameters(), None)  # engine.load(device=...): numpy in and out, the math on the device
+    dev = p.device if p is not None else torch.device("cpu")  # (a quantized module has no plain parameters)
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return module(torch.from_numpy(x)).numpy()
+            return module(torch.from_numpy(x).to(dev)).cpu().numpy()
 
     return run
 

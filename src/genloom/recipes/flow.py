@@ -107,7 +107,7 @@ def train_autoencoder(args: argparse.Namespace, tcfg: TrainConfig, splits, budge
     length = {"time_budget": budget} if budget else {"epochs": _opt(args, "ae_epochs", AE_FLAGS)}
     acfg = TrainConfig(out=str(Path(tcfg.out) / "autoencoder"), **AE_DEFAULTS, lr=_opt(args, "ae_lr", AE_FLAGS),
                        log_every=tcfg.log_every, seed=tcfg.seed, progress=tcfg.progress,
-                       matmul_precision=tcfg.matmul_precision, **length)
+                       precision=tcfg.precision, device=tcfg.device, **length)
     model = Autoencoder(cfg)
     # no validation pass: it would cost a forward over the validation split of this stage's few minutes
     trainer = Trainer(model, acfg, ImageBatches(splits.train, acfg.batch_size, drop_last=True), None,

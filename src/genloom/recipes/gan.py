@@ -148,6 +148,6 @@ def _choose_and_export(args: argparse.Namespace, path: Path, trainer, splits) ->
         labels = torch.arange(100) % 10 if model.config.num_classes else None
         imgs = model.generate(100 if labels is not None else 64, generator=torch.Generator().manual_seed(1234),
                               labels=labels)
-    save_grid(imgs.float().numpy(), Path(trainer.out) / "samples" / "final.png",
+    save_grid(imgs.float().cpu().numpy(), Path(trainer.out) / "samples" / "final.png",
               nrow=10 if labels is not None else None)
     return out

@@ -36,7 +36,7 @@ def sample_grid_callback(n: int = 64, *, seed: int = 1234, labels: torch.Tensor 
         with torch.no_grad():
             imgs = model.generate(n, generator=torch.Generator().manual_seed(seed), labels=labels)
         model.train(was_training)
-        save_grid(imgs.float().numpy(), Path(trainer.out) / "samples" / f"epoch-{trainer.epoch:03d}.png",
+        save_grid(imgs.float().cpu().numpy(), Path(trainer.out) / "samples" / f"epoch-{trainer.epoch:03d}.png",
                   nrow=10 if labels is not None else None)
 
     return cb

@@ -3,7 +3,7 @@
 Split: first 90% train, last 10% validation (nanoGPT). Training draws random contiguous windows; validation is
 the full validation split in non-overlapping windows (``genloom.eval.lm``), in float32.
 Recipe: AdamW (β = 0.9, 0.99; weight decay on matrices only), linear warmup + cosine decay to 10%, global-norm
-clip 1.0, bf16 autocast for the training forward/backward on CPU.
+clip 1.0; ``--precision`` (default auto) decides bf16 autocast for the training step, measured per CPU.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {"steps": 2000, "batch_size": 32, "lr": 2e-3, "betas"
                             "weight_decay": 0.1, "schedule": "warmup-cosine", "warmup_steps": 100,
                             "min_lr_ratio": 0.1, "grad_clip": 1.0, "val_every": 500, "log_every": 50}
 MODEL_DEFAULTS: dict[str, Any] = {"block_size": 64, "n_layer": 4, "n_head": 4, "n_embd": 128, "dropout": 0.0,
-                                  "bias": False, "pos": "learned", "mlp": "gelu", "amp": "bf16"}
+                                  "bias": False, "pos": "learned", "mlp": "gelu"}
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"_doc": "3 layers × 4 heads × 128, block 64, RoPE; batch 16, lr 5e-3, 800 steps, one full "
                        "validation at the end: val ≤ 1.88 in about half of nanoGPT's CPU recipe (docs/benchmarks.md)",
@@ -58,8 +58,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bias", action="store_true", default=None, help="biases in Linear and LayerNorm layers")
     g.add_argument("--pos", choices=("learned", "rope"), default=None, help="positional encoding (default learned)")
     g.add_argument("--mlp", choices=("gelu", "swiglu"), default=None, help="MLP type (default gelu)")
-    g.add_argument("--amp", choices=("bf16", "off"), default=None,
-                   help="bf16 autocast for training on CPU (default bf16; validation is always float32)")
 
 
 def _opt(args: argparse.Namespace, name: str) -> Any:
@@ -78,7 +76,6 @@ def build(args: argparse.Namespace, tcfg) -> Built:
                    n_head=_opt(args, "n_head"), n_embd=_opt(args, "n_embd"), dropout=_opt(args, "dropout"),
                    bias=bool(_opt(args, "bias")), pos=_opt(args, "pos"), mlp=_opt(args, "mlp"))
     model = TransformerLM(cfg, tok.chars)
-    model.autocast_dtype = torch.bfloat16 if _opt(args, "amp") == "bf16" else None
     val_batch = max(1, 8192 // cfg.block_size)  # windows per validation batch: 8192 characters
     if len(val) < 2:
         raise ConfigError(f"{path}: too short for a validation split ({len(tokens)} characters)")

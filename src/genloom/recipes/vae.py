@@ -18,8 +18,7 @@ from genloom.recipes.images import add_dataset_args, load_splits, sample_grid_ca
 
 HELP = "variational autoencoder (MLP 784→400→20; β-VAE, conditional)"
 DEFAULTS: dict[str, Any] = {"epochs": 10, "batch_size": 128, "lr": 1e-3, "schedule": "wsd", "betas": (0.9, 0.99),
-                            "min_lr_ratio": 0.0, "weight_decay": 0.0,
-                            "matmul_precision": "auto"}
+                            "min_lr_ratio": 0.0, "weight_decay": 0.0}
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"_doc": "3 epochs, for a first look", "epochs": 3},
     "lecture-large": {"_doc": "decoder 20→400→800→784", "dec_hidden": "400,800"},
