@@ -24,7 +24,7 @@ from genloom.data.batches import RowShard
 @dataclass
 class LossOutput:
     loss: torch.Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # floats or 0-d tensors (read at log time)
     n: int = 1  # number of items the loss is a mean over (weights validation averages)
 
 

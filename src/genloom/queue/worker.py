@@ -288,7 +288,7 @@ class QueueWorker:
     async def _run_entries(self, model: str, entries: list[Entry]) -> list[None]:
         """The batcher's run_batch: replies and acks happen inside ``_process``; nothing is returned."""
         try:
-            await self._process(model, [e.item for e in entries])
+            await self._process(model, [e.item for e in entries])  # type: ignore[misc]
         except Exception:  # never fail the batcher; the messages stay unacked and come back
             log.exception("batch handler failed")
         return [None] * len(entries)
