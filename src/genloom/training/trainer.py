@@ -479,9 +479,13 @@ class Trainer:
                         self._checkpoint(t0)
                     continue
                 break  # stopped mid-epoch
-            if (self.val_src is not None and self.cfg.val_every and self._last_val_step != self.step
-                    and self._stop_reason is not None and not self._stop_reason.startswith("interrupted")):
-                self.validate()  # score the final steps too, so they can be the ones exported
+            stop = self._stop_reason or ""
+            length_spent = stop == "done" or stop.startswith("time budget")  # not a request, not a signal
+            unscored = self.val_src is not None and self._last_val_step != self.step
+            if unscored and (length_spent or (self.cfg.val_every and stop and not stop.startswith("interrupted"))):
+                # score the final steps too, so they can be the ones exported: a time budget ends mid-epoch, just
+                # after the schedule has annealed the LR, and those last steps are usually the best ones
+                self.validate()
             self._checkpoint(t0)
         finally:
             self.model.row_shard = None
