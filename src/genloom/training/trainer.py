@@ -92,9 +92,9 @@ class Trainer:
             if not hasattr(train, "sharded"):
                 raise GenloomError(f"{type(train).__name__} cannot be sharded over processes yet; train this "
                                    f"family without --nproc / torchrun")
-            train = train.sharded(self.dist.rank, self.dist.world, groups=groups)
+            train = train.sharded(self.dist.rank, self.dist.world, groups=groups)  # type: ignore[attr-defined]
             if val is not None:
-                val = val.sharded(self.dist.rank, self.dist.world, skip_small=False)
+                val = val.sharded(self.dist.rank, self.dist.world, skip_small=False)  # type: ignore[attr-defined]
         model.to(self.device)
         for src in (train, val):
             if src is not None and hasattr(src, "to"):
@@ -164,7 +164,7 @@ class Trainer:
             scaler.update()
         else:
             opt.step()
-        return norm
+        return norm  # type: ignore[return-value]  # a 0-d tensor: read later, without a sync here
 
     def request_stop(self, reason: str = "stop requested") -> None:
         """Stop after this step. Call it for decisions every rank makes alike (validation, step counts); a
