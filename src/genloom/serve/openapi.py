@@ -9,23 +9,12 @@ import json
 from typing import Any
 
 from genloom import __version__
-from genloom.core import requests
 from genloom.core.requests import json_schema
 from genloom.serve.encode import EXTRA
 
 ERRORS = {"404": "unknown model", "413": "request body too large", "422": "invalid input; `field` names it",
           "503": "overloaded or restarting; see Retry-After", "504": "deadline passed (X-Request-Timeout)"}
 IMAGE_CONTENT = {"image/png": {}, "application/x-npy": {}, "application/json": {}}
-STREAM = requests.Field("stream", requests.BOOL, False, nullable=False,
-                        doc="true: text/event-stream, one event per token")
-# the HTTP-only fields of each operation (how the answer is encoded); the rest is the core schema
-EXTRA: dict[str, tuple[requests.Field, ...]] = {
-    "sample": (requests.format_field("png", "npy", "json"),),
-    "generate": (STREAM,),
-    "reconstruct": (requests.format_field("png", "npy", "json", default="json"),),
-    "interpolate": (requests.format_field("png", "npy", "json"),),
-    "trajectory": (requests.format_field("png", "npy", "json"),),
-}
 
 
 def _op(summary: str, schema: str | None, content: dict[str, Any], *, errors: bool = True) -> dict[str, Any]:
