@@ -43,7 +43,7 @@ def test_image_shards_are_disjoint_and_cover_each_global_batch() -> None:
     full = ImageBatches(data, 8)
     ranks = [ImageBatches(data, 8).sharded(r, 3) for r in range(3)]
     g = lambda: torch.Generator().manual_seed(7)  # noqa: E731
-    for b, ((_, y), *parts) in enumerate(zip(full.epoch(g()), *(s.epoch(g()) for s in ranks))):
+    for b, ((_, y), *parts) in enumerate(zip(full.epoch(g()), *(s.epoch(g()) for s in ranks))):  # noqa: B007
         got = torch.cat([p[1] for p in parts])
         assert torch.equal(got, y)  # rank 0's rows, then rank 1's, ...: the global batch, each sample once
     # 50 = 6·8 + 2: a 2-row last batch cannot be split over 3 ranks; every rank skips it alike (and counts so)

@@ -150,7 +150,7 @@ def evaluate(model: str | PathLike[str], *, dataset: str | None = None, data: st
     """``genloom eval MODEL --json`` as a dict: VAE test -ELBO / IWAE (+ FID), GAN FID, LM loss and bits/char."""
     from genloom.cli.eval import evaluate_file
 
-    opt = lambda v: None if v is None else Path(v)  # noqa: E731
+    opt = lambda v: None if v is None else Path(v)
     return evaluate_file(Path(model), argparse.Namespace(
         dataset=dataset, data=opt(data), iwae_k=iwae_k, seed=seed, text=opt(text), fid=fid,
         classifier=opt(classifier), fid_samples=fid_samples))

@@ -100,7 +100,7 @@ def train_config(args: argparse.Namespace, rec: ModuleType) -> TrainConfig:
     if args.preset:
         merged.update({k: v for k, v in rec.PRESETS[args.preset].items() if not k.startswith("_")
                        and k in {f.name for f in dataclasses.fields(TrainConfig)}})
-    for flag, (name, _, _) in TRAIN_FLAGS.items():
+    for name, _, _ in TRAIN_FLAGS.values():
         v = getattr(args, name)
         if v is not None:
             merged[name] = v

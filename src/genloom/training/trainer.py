@@ -96,9 +96,9 @@ class Trainer:
             if not hasattr(train, "sharded"):
                 raise GenloomError(f"{type(train).__name__} cannot be sharded over processes yet; train this "
                                    f"family without --nproc / torchrun")
-            train = train.sharded(self.dist.rank, self.dist.world, groups=groups)
+            train = train.sharded(self.dist.rank, self.dist.world, groups=groups)  # type: ignore[attr-defined]
             if val is not None:
-                val = val.sharded(self.dist.rank, self.dist.world, skip_small=False)
+                val = val.sharded(self.dist.rank, self.dist.world, skip_small=False)  # type: ignore[attr-defined]
         model.to(self.device)
         for src in (train, val):
             if src is not None and hasattr(src, "to"):
@@ -169,7 +169,7 @@ class Trainer:
             scaler.update()
         else:
             opt.step()
-        return norm
+        return norm  # type: ignore[return-value]  # a 0-d tensor: read later, without a sync here
 
     def request_stop(self, reason: str = "stop requested") -> None:
         """Stop after this step. Call it for decisions every rank makes alike (validation, step counts); a
@@ -454,9 +454,10 @@ class Trainer:
                         out = self.model.train_step(batch, self.optimizers, self.step, self)
                     self.step += 1
                     self.batch_in_epoch += 1
-                    self._apply_remote_flags()
                     samples_seen += out.n
                     log_now = self.step % self.cfg.log_every == 0
+                    if check_every_step or log_now:  # reading the flags syncs a GPU: every rank reads at the
+                        self._apply_remote_flags()  # same steps, so every rank still stops at the same step
                     if check_every_step or log_now:
                         loss = float(out.loss.detach())
                         if not math.isfinite(loss):
@@ -496,9 +497,13 @@ class Trainer:
                         self._checkpoint(t0)
                     continue
                 break  # stopped mid-epoch
-            if (self.val_src is not None and self.cfg.val_every and self._last_val_step != self.step
-                    and self._stop_reason is not None and not self._stop_reason.startswith("interrupted")):
-                self.validate()  # score the final steps too, so they can be the ones exported
+            stop = self._stop_reason or ""
+            length_spent = stop == "done" or stop.startswith("time budget")  # not a request, not a signal
+            unscored = self.val_src is not None and self._last_val_step != self.step
+            if unscored and (length_spent or (self.cfg.val_every and stop and not stop.startswith("interrupted"))):
+                # score the final steps too, so they can be the ones exported: a time budget ends mid-epoch, just
+                # after the schedule has annealed the LR, and those last steps are usually the best ones
+                self.validate()
             self._checkpoint(t0)
         finally:
             self.model.row_shard = None
