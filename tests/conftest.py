@@ -1,6 +1,8 @@
 """Shared fixtures: small IDX datasets written to a temp dir, and tiny models."""
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +10,9 @@ import pytest
 import torch
 
 from genloom.data.idx import write_idx
+
+# backend="auto" measures and caches its choice per file and machine; tests keep that cache out of the home dir
+os.environ.setdefault("GENLOOM_ENGINE_CACHE", tempfile.mkdtemp(prefix="genloom-engine-cache-"))
 
 
 def make_idx_dataset(d: Path, *, n_train: int = 600, n_test: int = 200, seed: int = 0) -> Path:

@@ -16,16 +16,30 @@ worker process. Backends and ``auto``: ``engine/backends.py`` and docs/benchmark
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-__all__ = ["load"]
+if TYPE_CHECKING:
+    from genloom.engine.base import Engine
+
+__all__ = ["load", "Engine"]
 
 
-def load(path: str | Path, *, threads: int | None = None, backend: str = "auto") -> Any:
+def __getattr__(name: str) -> object:  # ``genloom.engine.Engine`` without importing numpy up front
+    if name == "Engine":
+        from genloom.engine.base import Engine
+
+        return Engine
+    raise AttributeError(name)
+
+
+def load(path: str | Path, *, threads: int | None = None, backend: str = "auto") -> Engine:
     """Load a genloom model file for inference.
 
     threads: intra-op threads for torch/onnxruntime (process-wide for torch); None keeps the default.
-    backend: "auto" | "eager" | "compile" | "bf16" | "int8" | "onnx" | "numpy" (see engine/backends.py).
+    backend: "auto" (default: the fastest backend on this machine whose 8-bit images agree with fp32 within one
+    grey level, measured at the first load of the file here and cached; ``engine/autotune.py``), "exact" (fp32
+    eager: bit-reproducible), or one by name: "eager", "compile", "bf16", "int8", "onnx", "numpy"
+    (``engine/backends.py``). The LM always runs fp32 eager with its KV cache ("auto" and "exact" alike).
     """
     from genloom.engine.base import BACKENDS, InputError
 
@@ -35,7 +49,7 @@ def load(path: str | Path, *, threads: int | None = None, backend: str = "auto")
         return lite.load(path, threads=threads)
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InputError(f"threads must be a positive integer or None, got {threads!r}")
     import torch
 
@@ -51,12 +65,17 @@ def load(path: str | Path, *, threads: int | None = None, backend: str = "auto")
     if header.kind == "lm":
         from genloom.engine.lm import LMEngine
 
-        if backend not in ("auto", "eager"):
-            raise InputError(f"backend {backend!r} is for image models; the LM runs eager (KV cache)")
+        if backend not in ("auto", "exact", "eager"):
+            raise InputError(f"backend {backend!r} is for image models; the LM runs fp32 eager (KV cache)")
         return LMEngine(model, header)
     if header.kind == "flow":
         from genloom.engine.flow import FlowEngine
 
-        return FlowEngine(model, header, backend=backend, threads=threads)
+        return FlowEngine(model, header, backend="eager" if backend == "exact" else backend, threads=threads)
+    key = None
+    if backend == "auto":
+        from genloom.engine.autotune import cache_key
+
+        key = cache_key(header.path, header.kind)
     cls = VAEEngine if header.kind == "vae" else GANEngine
-    return cls(model, header, backend=backend, threads=threads)
+    return cls(model, header, backend=backend, threads=threads, cache_key=key)

@@ -120,14 +120,7 @@ def build(name: str, module: nn.Module, example: np.ndarray, *, threads: int | N
     return run
 
 
-# backend="auto": candidates per model kind, in order of preference (docs/benchmarks.md, "Inference engine").
-# Only fp32 backends qualify (within 1e-4 of eager, a row's output independent of its batch-mates): bf16 and int8
-# are faster but change pixels by up to 3e-3 / 3e-2, and int8 scales activations per batch, so a request's images
-# would depend on the other requests in its server batch — they are opt-in. onnx is the fp32 steady-state winner
-# for the VAE decoders (0.66–0.79x of eager) but costs +0.8 s on a process's first load and +0.16 s per load;
-# the engine mostly runs in restartable serving workers and cold starts, so no candidate is listed and auto is
-# eager. A candidate added here must also beat eager in a quick timing at load, or eager stays.
-AUTO: dict[str, tuple[str, ...]] = {"vae": (), "gan-mlp": (), "gan-conv": ()}
+# fp32 backends: within 1e-4 of eager and a row's output independent of its batch-mates ("exact" = eager)
 EXACT = ("eager", "compile", "onnx", "numpy")
 
 
@@ -144,22 +137,3 @@ def faster(a: Runner, b: Runner, x: np.ndarray, *, rounds: int = 7, reps: int = 
         t2 = time.perf_counter()
         ratios.append((t1 - t0) / max(t2 - t1, 1e-9))
     return float(np.median(ratios))
-
-
-def select(name: str, module: nn.Module, in_dim: int, *, kind: str, threads: int | None = None,
-           batch: int = 64) -> tuple[str, Runner]:
-    """(backend name, runner) for ``module`` taking (n, in_dim) float32. ``name="auto"``: the first candidate in
-    ``AUTO[kind]`` that builds, agrees with eager and measures ≥ 5% faster than eager right here; else eager."""
-    example = np.random.default_rng(0).standard_normal((batch, in_dim), dtype=np.float32)
-    if name != "auto":
-        return name, build(name, module, example, threads=threads)
-    base = build("eager", module, example, threads=threads)
-    ref = base(example)
-    for cand in AUTO.get(kind, ()):
-        try:
-            run = build(cand, module, example, threads=threads)
-        except Exception:  # e.g. onnxruntime not installed: stay with what works
-            continue
-        if float(np.abs(run(example) - ref).max()) <= TOLERANCE[cand] and faster(run, base, example) < 0.95:
-            return cand, run
-    return "eager", base

@@ -6,16 +6,17 @@ images on every backend.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Iterator, Protocol, Sequence
 
 import numpy as np
 
 from genloom.core import requests
 from genloom.core.requests import ModelInfo, RequestError
+from genloom.fileformat import ModelFile
 
 MAX_N = 65_536  # rows per decode/encode call (a server's batch); 65,536 × 784 float32 = 205 MB of output
 IMAGE_HW = (28, 28)
-BACKENDS = ("auto", "eager", "compile", "bf16", "int8", "onnx", "numpy")
+BACKENDS = ("auto", "exact", "eager", "compile", "bf16", "int8", "onnx", "numpy")  # exact = fp32 eager
 InputError = RequestError  # bad input to an engine call: ``"<field>: <message>"``, the same text on every transport
 
 
@@ -141,8 +142,10 @@ def slerp(a: np.ndarray, b: np.ndarray, steps: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
-class Engine:
-    """Base of all engines. Subclasses set ``kind`` and implement their family's calls.
+class Engine(Protocol):
+    """What ``genloom.engine.load`` returns, for every kind and backend. Image engines (``vae``, ``gan``) implement
+    ``sample`` and ``decode`` (the VAE also ``encode``, ``reconstruct``, ``interpolate``); the LM engine implements
+    ``generate`` and ``stream``. A call a kind does not have raises :class:`InputError` naming the kind.
 
     Thread-safety: an engine may be called from one thread at a time. Calls are pure functions of their
     inputs (no state changes), but the thread count is process-wide (torch/onnxruntime intra-op pools), so the
@@ -150,9 +153,38 @@ class Engine:
     """
 
     kind: ClassVar[str]
-    header: Any
-    backend: str
+    header: ModelFile
+    backend: str  # the backend that runs (for "auto": the one chosen on this machine)
     max_batch: int = 256  # a good batch size for throughput on this kind of CPU (see docs/benchmarks.md)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "backend": self.backend, "max_batch": self.max_batch}
+
+    def _unsupported(self, call: str) -> InputError:
+        return InputError("op", f"{call} is not available for a {self.kind} model")
+
+    def sample(self, n: int, *, seed: int | None = None, labels: Sequence[int] | None = None) -> np.ndarray:
+        """n images, float32 (n, 28, 28) in [0, 1]; z ~ N(0, I) from numpy's PCG64 with ``seed``."""
+        raise self._unsupported("sample")
+
+    def decode(self, z: Any, *, labels: Sequence[int] | None = None) -> np.ndarray:
+        """Latent codes (n, latent) → images (n, 28, 28)."""
+        raise self._unsupported("decode")
+
+    def encode(self, x: Any, *, labels: Sequence[int] | None = None) -> np.ndarray:
+        raise self._unsupported("encode")
+
+    def reconstruct(self, x: Any, *, labels: Sequence[int] | None = None) -> np.ndarray:
+        raise self._unsupported("reconstruct")
+
+    def interpolate(self, a: Any, b: Any, *, steps: int = 8, label: int | None = None) -> np.ndarray:
+        raise self._unsupported("interpolate")
+
+    def generate(self, prompts: list[str], **options: Any) -> list[str]:
+        """LM: one continuation per prompt (``max_new_tokens``, ``temperature``, ``top_k``, ``top_p``, ``seed``,
+        ``stop``)."""
+        raise self._unsupported("generate")
+
+    def stream(self, prompt: str, **options: Any) -> Iterator[str]:
+        """LM: the continuation of one prompt, piece by piece."""
+        raise self._unsupported("stream")

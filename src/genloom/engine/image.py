@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from genloom.engine import backends
+from genloom.engine import autotune
 from genloom.engine.base import (IMAGE_HW, Engine, check_images, check_labels, check_latent,
                                  check_seed, check_steps, noise, onehot, sample_inputs, slerp)
 from genloom.export import ModelFile
@@ -28,11 +28,12 @@ class _Generator(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if hasattr(self.net, "fc"):  # conv generator: fc → ConvT ×3 (models/gan_nets.py)
-            h = torch.relu(self.net.fc(x)).view(-1, 4 * self.net.dim, 4, 4)  # (n, 4D, 4, 4)
-            h = torch.relu(self.net.up1(h)[:, :, :7, :7])  # (n, 2D, 7, 7)
-            h = torch.relu(self.net.up2(h))  # (n, D, 14, 14)
-            return torch.sigmoid(self.net.up3(h)).flatten(1)  # (n, 784)
+        if hasattr(self.net, "fc"):  # conv generator: ConvGenerator.forward after the one-hot (models/gan_nets.py)
+            g = self.net  # bn0..bn2: batch norm with running statistics (eval mode), or Identity
+            h = torch.relu(g.bn0(g.fc(x).view(-1, 4 * g.dim, 4, 4)))  # (n, 4D, 4, 4)
+            h = torch.relu(g.bn1(g.up1(h)[:, :, :7, :7]))  # (n, 2D, 8, 8) cropped to (n, 2D, 7, 7)
+            h = torch.relu(g.bn2(g.up2(h)))  # (n, D, 14, 14)
+            return torch.sigmoid(g.up3(h)).flatten(1)  # (n, 784)
         return torch.sigmoid(self.net.net(x))  # MLP generator, (n, 784)
 
 
@@ -40,15 +41,15 @@ class VAEEngine(Engine):
     kind: ClassVar[str] = "vae"
 
     def __init__(self, model: nn.Module, header: ModelFile, *, backend: str = "eager",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, cache_key: str | None = None) -> None:
         self.model = model.eval()
         self.header = header
         c = model.config
         self.latent, self.num_classes, self.x_dim = int(c.latent), int(c.num_classes), int(c.x_dim)
         # the decoder with its output nonlinearity: (n, latent + C) → (n, 784) Bernoulli means in [0, 1]
         self.decoder = nn.Sequential(model.decoder, nn.Sigmoid()).eval()
-        self.backend, self._decode = backends.select(backend, self.decoder, self.latent + self.num_classes,
-                                                     kind="vae", threads=threads)
+        self.backend, self._decode, self.auto = autotune.select(
+            backend, self.decoder, self.latent, num_classes=self.num_classes, threads=threads, cache_key=cache_key)
 
     # -- calls --------------------------------------------------------------------------------------------
     def sample(self, n: int, *, seed: int | None = None, labels: Sequence[int] | None = None) -> np.ndarray:
@@ -100,15 +101,16 @@ class GANEngine(Engine):
     kind: ClassVar[str] = "gan"
 
     def __init__(self, model: nn.Module, header: ModelFile, *, backend: str = "eager",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, cache_key: str | None = None) -> None:
         self.model = model.eval()
         self.header = header
         c = model.config
         self.latent, self.num_classes, self.arch = int(c.latent), int(c.num_classes), str(c.arch)
         net = model.ema if bool(model.sample_from_ema) else model.generator
         self.generator = _Generator(net).eval()
-        self.backend, self._generate = backends.select(backend, self.generator, self.latent + self.num_classes,
-                                                       kind=f"gan-{self.arch}", threads=threads)
+        self.backend, self._generate, self.auto = autotune.select(
+            backend, self.generator, self.latent, num_classes=self.num_classes, threads=threads,
+            cache_key=cache_key)
 
     def sample(self, n: int, *, seed: int | None = None, labels: Sequence[int] | None = None) -> np.ndarray:
         """n images G(z), z ~ N(0, I): (n, 28, 28) in [0, 1]. A conditional model without labels cycles classes."""

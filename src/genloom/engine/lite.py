@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
+from genloom.engine.base import Engine
 from genloom.errors import ModelFileError
 from genloom.fileformat import ModelFile, read_header
 
@@ -122,7 +123,7 @@ def _run_mlp(h: Any, layers: list[tuple[Any, Any]], act: str, *, final_act: bool
     return h
 
 
-class LiteEngineBase:
+class LiteEngineBase(Engine):
     """Shared by the numpy VAE and GAN engines: same calls and validation as ``engine.image``."""
 
     kind: ClassVar[str]
@@ -236,6 +237,8 @@ class LiteGAN(LiteEngineBase):
             self.fc = (w.get(f"{g}fc.weight", (16 * 4 * dim, d_in)), w.get(f"{g}fc.bias", (16 * 4 * dim,)))
             self.ups = [(w.get(f"{g}up{i}.weight", (ci, co, k, k)), w.get(f"{g}up{i}.bias", (co,)))
                         for i, (ci, co) in enumerate([(4 * dim, 2 * dim), (2 * dim, dim), (dim, 1)], start=1)]
+            # batch norm (gen_norm "batch") in eval mode is a per-channel affine map: γ(h − μ)/√(σ² + ε) + β
+            self.bns = [_batch_norm(w, f"{g}bn{i}.", c) for i, c in enumerate([4 * dim, 2 * dim, dim])]
         else:
             raise ModelFileError(f"{header.path}: unknown GAN arch {self.arch!r} (conv, mlp)")
 
@@ -244,14 +247,31 @@ class LiteGAN(LiteEngineBase):
 
         if self.arch == "mlp":
             return _sigmoid(_run_mlp(x, self.layers, "relu"))  # (n, 784)
-        h = np.maximum(_linear(x, *self.fc), 0.0).reshape(len(x), 4 * self.dim, 4, 4)  # (n, 4D, 4, 4)
+        h = _linear(x, *self.fc).reshape(len(x), 4 * self.dim, 4, 4)  # (n, 4D, 4, 4)
+        h = np.maximum(_affine(h, self.bns[0]), 0.0)
         for i, (w, b) in enumerate(self.ups):
             h = conv_transpose2d(h, w, b, stride=2, padding=self.p, output_padding=self.op)
             if i == 0:
                 h = h[:, :, :7, :7]  # (n, 2D, 8, 8) cropped to (n, 2D, 7, 7)
             if i < 2:
-                h = np.maximum(h, 0.0)
+                h = np.maximum(_affine(h, self.bns[i + 1]), 0.0)
         return _sigmoid(np.ascontiguousarray(h.reshape(len(x), 784)))  # (n, 784)
+
+
+def _batch_norm(w: Weights, prefix: str, channels: int) -> tuple[Any, Any] | None:
+    """(scale, shift) per channel, shaped (1, C, 1, 1), for a BatchNorm2d in eval mode; None when there is none."""
+    import numpy as np
+
+    if f"{prefix}running_mean" not in w.header.tensors:
+        return None
+    gamma, beta = w.get(f"{prefix}weight", (channels,)), w.get(f"{prefix}bias", (channels,))
+    mean, var = w.get(f"{prefix}running_mean", (channels,)), w.get(f"{prefix}running_var", (channels,))
+    scale = gamma / np.sqrt(var + 1e-5)  # BatchNorm2d's default ε
+    return scale.reshape(1, -1, 1, 1).astype(np.float32), (beta - mean * scale).reshape(1, -1, 1, 1).astype(np.float32)
+
+
+def _affine(h: Any, bn: tuple[Any, Any] | None) -> Any:
+    return h if bn is None else h * bn[0] + bn[1]
 
 
 def set_blas_threads(threads: int) -> bool:
