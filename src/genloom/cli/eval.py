@@ -116,9 +116,9 @@ def evaluate_flow(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]
         raise GenloomError(f"--fid-samples must be ≥ 2 (10000 is the standard), got {n}")
     model = export.load(header.path)
     c = model.config
-    steps = c.sample_steps if args.steps is None else args.steps
-    guidance = c.guidance if args.guidance is None else args.guidance
-    sampler = args.sampler or c.sampler
+    steps = c.sample_steps if getattr(args, "steps", None) is None else args.steps
+    guidance = c.guidance if getattr(args, "guidance", None) is None else args.guidance
+    sampler = getattr(args, "sampler", None) or c.sampler
     if not 1 <= steps <= 256:
         raise GenloomError(f"--steps must be between 1 and 256, got {steps}")
     if not 0 <= guidance <= 20:
