@@ -143,7 +143,7 @@ def test_lm_generate_and_stream(tmp_path: Path) -> None:
     assert out == generate(export.load(path), ["ab", "c"], max_new_tokens=12, temperature=1.0, seed=3)
     assert eng.generate(["ab", "c"], max_new_tokens=12, temperature=1.0, seed=3) == out  # deterministic
     assert "".join(eng.stream("ab", max_new_tokens=12, temperature=1.0, seed=3)) == out[0]
-    with pytest.raises(InputError, match="character 'z' is not in the model's vocabulary"):
+    with pytest.raises(InputError, match=r"character 'z' \(U\+007A\) is not in the model's vocabulary"):
         eng.generate(["az"], max_new_tokens=1)
     with pytest.raises(InputError, match="prompts: must be a list"):
         eng.generate("ab", max_new_tokens=1)  # type: ignore[arg-type]

@@ -120,4 +120,4 @@ def test_cli_train_eval_sample(corpus: Path, tmp_path: Path, capsys) -> None:
     assert cli.main(["sample", str(model_path), "--prompt", "caf\u00e9"]) == 2
     assert "U+00E9" in capsys.readouterr().err
     assert cli.main(["sample", str(model_path), "--prompt", "a", "--top-p", "2"]) == 2
-    assert "--top-p" in capsys.readouterr().err
+    assert "top_p: must be in (0, 1]" in capsys.readouterr().err

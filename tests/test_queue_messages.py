@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from genloom.core.requests import ModelInfo
+from genloom.errors import GenloomError
 from genloom.queue import messages as m
 
 KINDS = {"vae": "vae", "lm": "lm", "cvae": ModelInfo("vae", num_classes=3)}
@@ -80,6 +81,6 @@ def test_responses_are_compact_json() -> None:
 
 @pytest.mark.parametrize("name", ["", "a b", "x/y", "vae.dead", "é", "a" * 201])
 def test_bad_model_names_are_rejected(name: str) -> None:
-    with pytest.raises(ValueError, match="invalid model name"):
+    with pytest.raises(GenloomError, match="invalid model name"):
         m.check_model_name(name)
     assert m.check_model_name("vae-1_v2.fashion") == "vae-1_v2.fashion"

@@ -6,12 +6,14 @@ from pathlib import Path
 import pytest
 
 from genloom.errors import GenloomError
-from genloom.serve.config import ModelSettings, load_config, parse_model_arg
+from genloom.core.names import parse_model_arg
+from genloom.serve.config import ModelSettings, load_config
 
 
 def test_parse_model_arg() -> None:
     assert parse_model_arg("vae=runs/vae/model.safetensors") == ("vae", Path("runs/vae/model.safetensors"))
-    assert parse_model_arg("runs/gan/model.safetensors") == ("model", Path("runs/gan/model.safetensors"))
+    assert parse_model_arg("runs/gan/model.safetensors") == ("gan", Path("runs/gan/model.safetensors"))
+    assert parse_model_arg("exports/gan-v2.safetensors") == ("gan-v2", Path("exports/gan-v2.safetensors"))
     with pytest.raises(GenloomError, match="model name"):
         parse_model_arg("a b=x.safetensors")
 

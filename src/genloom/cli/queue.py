@@ -10,27 +10,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from genloom.core.requests import DEFAULT_LIMITS
 from genloom.errors import ConfigError, GenloomError
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 def parse_models(specs: list[str]) -> dict[str, str]:
-    """``NAME=PATH`` or a bare ``PATH`` (served under its file's stem; ``model.safetensors`` → its folder's name)."""
+    """The NAME=PATH rule of ``genloom serve`` too (``core/names.py``); every file's header is read here, so a
+    missing or broken file fails before any process starts."""
+    from genloom.core.names import parse_model_args
     from genloom.export import read_header
-    from genloom.queue.messages import check_model_name
 
-    out: dict[str, str] = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            p = Path(spec)
-            name, path = (p.parent.name if p.stem == "model" and p.parent.name else p.stem), spec
-        check_model_name(name)
-        if name in out:
-            raise GenloomError(f"model name {name!r} given twice; name them: NAME1=PATH1 NAME2=PATH2")
-        read_header(path)  # a missing or broken file fails here, before any process starts
-        out[name] = path
+    out = {name: str(path) for name, path in parse_model_args(specs).items()}
+    for path in out.values():
+        read_header(path)
     return out
 
 
@@ -44,6 +38,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
                            concurrency=args.concurrency, batch_size=args.batch_size,
                            batch_timeout_ms=args.batch_timeout_ms, max_retries=args.max_retries,
                            metrics_port=args.metrics_port, metrics_host=args.metrics_host, threads=args.threads,
+                           backend=args.backend, max_n=args.max_n, max_new_tokens=args.max_new_tokens,
                            name=args.name, queue_type=args.queue_type, delivery_limit=args.delivery_limit,
                            lease_s=args.lease_s, depth_interval_s=args.depth_interval)
     except ValueError as e:
@@ -139,6 +134,12 @@ def register(sub: Any) -> None:
     w.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0 = off)")
     w.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address")
     w.add_argument("--threads", type=int, default=1, help="torch threads of the worker process")
+    w.add_argument("--backend", default="auto", help="engine backend (genloom.engine.load): auto, or exact for "
+                   "bit-reproducible fp32")
+    w.add_argument("--max-n", type=int, default=DEFAULT_LIMITS.max_n,
+                   help=f"largest n per sample request ({DEFAULT_LIMITS.max_n}, as on every transport)")
+    w.add_argument("--max-new-tokens", type=int, default=DEFAULT_LIMITS.max_new_tokens,
+                   help=f"largest max_new_tokens per request ({DEFAULT_LIMITS.max_new_tokens}, as on every transport)")
     w.add_argument("--name", default="genloom-worker", help="connection name (rabbitmqctl list_connections)")
     w.add_argument("--queue-type", default="quorum", choices=["quorum", "classic"],
                    help="type of the queues this worker declares (quorum: replicated, with a delivery limit)")

@@ -7,14 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from genloom import export
 from genloom.errors import GenloomError
 from genloom.export import ModelFile
 
-MAX_SAMPLES = 65_536  # the engine's limit per call (engine/base.py MAX_N)
-MAX_NEW_TOKENS = 100_000
 
 
 def register(sub: Any) -> None:
@@ -37,6 +33,8 @@ def register(sub: Any) -> None:
     s.add_argument("--top-p", type=float, default=None, help="LM: nucleus sampling mass")
     s.add_argument("--stop", action="append", default=None, help="LM: stop string (repeatable)")
     s.add_argument("--stream", action="store_true", help="LM: print tokens as they are generated")
+    s.add_argument("--backend", default="auto", help="engine backend (genloom.engine.load): auto, or exact for "
+                   "bit-reproducible fp32")
     s.set_defaults(func=_cmd_sample)
 
 
@@ -53,23 +51,14 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 # ---- images ----------------------------------------------------------------------------------------------------
 
-def parse_labels(spec: str | None, n: int, num_classes: int) -> list[int] | None:
+def parse_labels(spec: str | None) -> list[int] | None:
+    """``--labels 3`` or ``--labels 0,1,2`` → a list; the request schema (core/requests.py) checks it."""
     if spec is None:
         return None
-    if not num_classes:
-        raise GenloomError("--labels given but this model is not conditional")
     try:
-        vals = [int(v) for v in spec.split(",") if v.strip()]
+        return [int(v) for v in spec.split(",") if v.strip()]
     except ValueError:
         raise GenloomError(f"--labels must be integers like 3 or 0,1,2 — got {spec!r}") from None
-    if len(vals) == 1:
-        vals = vals * n
-    if len(vals) != n:
-        raise GenloomError(f"--labels has {len(vals)} values but -n is {n}; give one label or n labels")
-    bad = [v for v in vals if not 0 <= v < num_classes]
-    if bad:
-        raise GenloomError(f"--labels value {bad[0]} out of range 0..{num_classes - 1}")
-    return vals
 
 
 def write_images(images: np.ndarray, out: Path) -> None:
@@ -91,61 +80,48 @@ def sample_images(args: argparse.Namespace, header: ModelFile) -> int:
         raise GenloomError("give -o OUT.png or -o OUT.npy")
     if args.out.suffix not in (".png", ".npy"):
         raise GenloomError(f"-o {args.out}: use a .png (image grid) or .npy (float32 array) file name")
-    if not 1 <= args.n <= MAX_SAMPLES:
-        raise GenloomError(f"-n must be between 1 and {MAX_SAMPLES}, got {args.n}")
     from genloom.engine import load
 
-    labels = parse_labels(args.labels, args.n, int(header.config.get("num_classes", 0)))
-    # the engine's noise and backend: the same images as genloom.engine.load(path).sample(n, seed=seed)
+    # the engine's noise, backend and request schema (core/requests.py: the limits and error text of every
+    # transport): the same images as genloom.engine.load(path).sample(n, seed=seed)
     flow = {k: getattr(args, k, None) for k in ("steps", "guidance") if getattr(args, k, None) is not None}
     if flow and header.kind != "flow":
         raise GenloomError(f"--{next(iter(flow))} is for flow models; this model is of kind {header.kind}")
-    write_images(load(header.path).sample(args.n, seed=args.seed, labels=labels, **flow), args.out)
+    images = load(header.path, backend=args.backend).sample(args.n, seed=args.seed,
+                                                            labels=parse_labels(args.labels), **flow)
+    write_images(images, args.out)
     print(f"wrote {args.n} samples to {args.out}")
     return 0
 
 
 # ---- text -------------------------------------------------------------------------------------------------------
 
-def _sampling(args: argparse.Namespace) -> dict[str, Any]:
-    if not 0 <= args.max_new_tokens <= MAX_NEW_TOKENS:
-        raise GenloomError(f"--max-new-tokens must be between 0 and {MAX_NEW_TOKENS}, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        raise GenloomError(f"--temperature must be ≥ 0 (0 = greedy), got {args.temperature}")
-    if args.top_k is not None and args.top_k < 1:
-        raise GenloomError(f"--top-k must be ≥ 1, got {args.top_k}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise GenloomError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.stop is not None and not all(args.stop):
-        raise GenloomError("--stop strings must not be empty")
-    return {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k,
-            "top_p": args.top_p, "seed": args.seed, "stop": args.stop}
-
-
 def sample_text(args: argparse.Namespace, header: ModelFile) -> int:
-    """Print the prompt and its continuation (one sample; ``-n`` applies to image models).
-    ``--stream`` prints characters as they are generated; ``-o FILE.txt`` also writes the text there."""
-    from genloom.models.lm_generate import generate, stream
+    """Print the prompt and its continuation (one sample; ``-n`` applies to image models) through the engine and
+    its request schema (the limits and error text of every transport). ``--stream`` prints characters as they
+    are generated; ``-o FILE.txt`` also writes the text there."""
+    from genloom.engine import load
 
-    kw = _sampling(args)
     prompt = args.prompt if args.prompt is not None else ""
     if args.out is not None and args.out.suffix != ".txt":
         raise GenloomError(f"-o {args.out}: an LM writes text; use a .txt file name (or omit -o)")
-    model = export.load(header.path)
-    model.encode(prompt)  # the error names a character outside the vocabulary, before any output
-    with torch.no_grad():  # scoped: `genloom sample` may run in-process (quickstart, tests)
-        if args.stream:
-            sys.stdout.write(prompt)
-            parts = []
-            for piece in stream(model, prompt, **kw):
-                parts.append(piece)
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-            sys.stdout.write("\n")
-            text = prompt + "".join(parts)
-        else:
-            text = prompt + generate(model, [prompt], **kw)[0]
-            print(text)
+    eng = load(header.path, backend=args.backend)
+    kw = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k,
+          "top_p": args.top_p, "seed": args.seed, "stop": args.stop}
+    if args.stream:
+        pieces = eng.stream(prompt, **kw)
+        first = next(pieces, "")  # validation errors come before any output
+        sys.stdout.write(prompt + first)
+        parts = [first]
+        for piece in pieces:
+            parts.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        text = prompt + "".join(parts)
+    else:
+        text = prompt + eng.generate([prompt], **kw)[0]
+        print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text, encoding="utf-8")

@@ -29,7 +29,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-wait-ms", type=float, default=None, help="batch collection window after the first "
                    "request (2.0)")
     p.add_argument("--max-queue", type=int, default=None, help="queued requests per model before 503 (256)")
-    p.add_argument("--max-n", type=int, default=None, help="largest n per /sample request (256)")
+    p.add_argument("--max-n", type=int, default=None, help="largest n per /sample request (1024, as on every "
+                   "transport)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="largest max_new_tokens per /generate request "
+                   "(4096, as on every transport)")
+    p.add_argument("--backend", default=None, help="engine backend of the workers (genloom.engine.load): auto, "
+                   "or exact for bit-reproducible fp32")
     p.add_argument("--timeout", type=float, default=None, dest="timeout_s",
                    help="default request deadline in seconds (30); header X-Request-Timeout overrides")
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker process (1)")
@@ -44,6 +49,7 @@ def register(subparsers: Any) -> None:
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     settings = {k: getattr(args, k) for k in ("max_batch_size", "max_wait_ms", "max_queue", "max_n", "timeout_s",
+                                              "max_new_tokens", "backend",
                                               "threads")}
     server = {"host": args.host, "port": args.port, "max_body_bytes": args.max_body_bytes,
               "access_log": False if args.no_access_log else None, "overload_status": args.overload_status}

@@ -267,9 +267,11 @@ def check_model(op: str, p: dict[str, Any], model: ModelInfo) -> None:
             raise RequestError("label", f"must be in 0..{model.num_classes - 1} for this conditional model"
                                if model.num_classes else "given but this model is not conditional; pass null")
     elif op == "generate" and model.vocab is not None:
-        bad = next((ch for ch in p["prompt"] if ch not in model.vocab), None)
-        if bad is not None:
-            raise RequestError("prompt", f"character {bad!r} is not in the model's vocabulary")
+        bad = list(dict.fromkeys(ch for ch in p["prompt"] if ch not in model.vocab))
+        if bad:
+            chars = ", ".join(f"{ch!r} (U+{ord(ch):04X})" for ch in bad[:5]) + (", …" if len(bad) > 5 else "")
+            raise RequestError("prompt", f"character {chars} is not in the model's vocabulary" if len(bad) == 1
+                               else f"characters {chars} are not in the model's vocabulary")
 
 
 def check_labels(labels: Any, n: int, num_classes: int) -> list[int] | None:

@@ -42,11 +42,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def bind_to_parent(supervisor_pid: int | None = None, *, poll_s: float = POLL_S) -> None:
-    """Make this process die (SIGKILL) when its parent or ``supervisor_pid`` dies. Call it in the child."""
+def bind_to_parent(supervisor_pid: int | None = None, *, poll_s: float = POLL_S, pdeathsig: bool = True) -> None:
+    """Make this process die (SIGKILL) when its parent or ``supervisor_pid`` dies. Call it in the child.
+
+    ``pdeathsig=False`` keeps only the watchdog: the kernel sends PR_SET_PDEATHSIG when the parent *thread*
+    that started the child exits, which for a child started from a thread pool is not the parent's death.
+    """
     parent = os.getppid()
     supervisor = supervisor_pid or parent
-    _set_pdeathsig(signal.SIGKILL)
+    if pdeathsig:
+        _set_pdeathsig(signal.SIGKILL)
     if os.getppid() != parent or not _alive(supervisor):  # it died before the prctl took effect
         os.kill(os.getpid(), signal.SIGKILL)
 

@@ -1,5 +1,5 @@
-"""Flow control of the queue worker: which deliveries may be acked (``AckWindow``) and when a batch is formed
-(``Batcher``). Both run on the event loop; neither does I/O of its own beyond sending acks."""
+"""Flow control of the queue worker: which deliveries may be acked (``AckWindow``). Batches are formed by the one
+batcher of every transport, ``core/batcher.py``. Runs on the event loop; no I/O of its own beyond sending acks."""
 from __future__ import annotations
 
 import asyncio
@@ -76,65 +76,3 @@ class AckWindow:
         self._stragglers()
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
-
-class Batcher:
-    """Up to ``size`` items, or ``timeout`` seconds after the oldest arrived; ``concurrency`` batches in flight.
-    Urgent items (``put(item, urgent=True)``) go into the next batch ahead of every normal item waiting."""
-
-    def __init__(self, handle: Callable[[list[Any]], Awaitable[None]], *, size: int, timeout: float,
-                 concurrency: int) -> None:
-        self.handle, self.size, self.timeout = handle, size, timeout
-        self.items: collections.deque[Any] = collections.deque()
-        self.urgent: collections.deque[Any] = collections.deque()
-        self.nonempty, self.full = asyncio.Event(), asyncio.Event()
-        self.slots = asyncio.Semaphore(concurrency)
-        self.tasks: set[asyncio.Task[None]] = set()
-        self._loop_task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._loop_task = asyncio.create_task(self._loop())
-
-    def put(self, item: Any, *, urgent: bool = False) -> None:
-        (self.urgent if urgent else self.items).append(item)
-        self.nonempty.set()
-        if len(self.items) + len(self.urgent) >= self.size:
-            self.full.set()
-
-    async def _loop(self) -> None:
-        while True:
-            await self.slots.acquire()
-            await self.nonempty.wait()
-            oldest = self.urgent[0] if self.urgent else self.items[0]
-            remaining = oldest.t0 + self.timeout - time.monotonic()
-            if len(self.items) + len(self.urgent) < self.size and remaining > 0:
-                try:
-                    await asyncio.wait_for(self.full.wait(), remaining)
-                except asyncio.TimeoutError:
-                    pass
-            batch = [self.urgent.popleft() for _ in range(min(self.size, len(self.urgent)))]
-            batch += [self.items.popleft() for _ in range(min(self.size - len(batch), len(self.items)))]
-            if not self.items and not self.urgent:
-                self.nonempty.clear()
-            if len(self.items) + len(self.urgent) < self.size:
-                self.full.clear()
-            task = asyncio.create_task(self._run(batch))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-
-    async def _run(self, batch: list[Any]) -> None:
-        try:
-            await self.handle(batch)
-        except Exception:  # never lose the loop; the messages stay unacked and come back
-            log.exception("batch handler failed")
-        finally:
-            self.slots.release()
-
-    async def drain(self) -> None:
-        while self.items or self.urgent or self.tasks:
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        if self._loop_task:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)

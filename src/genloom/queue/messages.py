@@ -69,12 +69,10 @@ def dead_letter_queue(model: str) -> str:
 
 
 def check_model_name(name: str) -> str:
-    """Model names become queue names: letters, digits, '-', '_', '.'; at most 200 characters."""
-    ok = name and len(name) <= 200 and all(c.isalnum() or c in "-_." for c in name) and name.isascii()
-    if not ok or name.endswith(DEAD_SUFFIX):
-        raise ValueError(f"invalid model name {name!r}: use 1-200 letters, digits, '-', '_' or '.' "
-                         f"(not ending in {DEAD_SUFFIX!r}), e.g. vae=runs/vae/model.safetensors")
-    return name
+    """Model names become queue names: the rule of ``core/names.py``."""
+    from genloom.core.names import check_name
+
+    return check_name(name)
 
 
 def encode_request(req: Request) -> bytes:

@@ -25,6 +25,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import functools
+import math
 import logging
 import time
 import uuid
@@ -39,7 +40,8 @@ from genloom.core.runner import run_batch
 from genloom.errors import GenloomError
 from genloom.queue import amqp
 from genloom.queue.amqp import CONNECTION_ERRORS, publish
-from genloom.queue.flow import AckWindow, Batcher
+from genloom.core.batcher import Batcher, Entry
+from genloom.queue.flow import AckWindow
 from genloom.queue import lease, messages as m, poison
 from genloom.queue.metrics import WorkerMetrics
 from genloom.queue.topology import Topology, delivery_count, request_queues
@@ -95,9 +97,11 @@ class ModelRunner:
 
     def __init__(self, name: str, path: str, *, threads: int | None = 1, backend: str = "auto") -> None:
         from genloom import engine
+        from genloom.export import read_header
 
         self.name, self.path = name, path
-        self.engine = engine.load(path, threads=threads, backend=backend)
+        lm = read_header(path).kind == "lm"  # the LM has one backend (eager, KV cache)
+        self.engine = engine.load(path, threads=threads, backend="auto" if lm else backend)
         self.kind: str = self.engine.kind
         self.info = ModelInfo.of_header(self.engine.header)
 
@@ -173,8 +177,11 @@ class QueueWorker:
         self._consumers = amqp.RobustConsumers(self.channel, self._declare_all)
         for name in cfg.models:
             await self._declare(name)  # GenloomError naming the fix for a queue declared otherwise (topology.py)
-            batcher = Batcher(functools.partial(self._process, name), size=cfg.batch_size,
-                               timeout=cfg.batch_timeout_ms / 1000, concurrency=cfg.concurrency)
+            # the one batcher of every transport (core/batcher.py): no deadlines here, and the prefetch windows
+            # (one per consumer) bound what can be queued, so it never refuses a delivery
+            batcher = Batcher(functools.partial(self._run_entries, name), max_batch_size=cfg.batch_size,
+                              max_wait_ms=cfg.batch_timeout_ms, max_queue=cfg.prefetch * len(request_queues(name)),
+                              concurrency=cfg.concurrency)
             batcher.start()
             self._batchers[name] = batcher
             lane = poison.SuspectLane(functools.partial(self._process, name), culprits=self.culprits)
@@ -277,7 +284,15 @@ class QueueWorker:
         if item.count:  # a suspect (its worker died holding it): alone, one at a time (poison.py)
             self._lanes[model].put(item, count=item.count, key=item.key)
         else:
-            self._batchers[model].put(item, urgent=queue != m.queue_name(model))
+            self._batchers[model].submit(item, deadline=math.inf, urgent=queue != m.queue_name(model))
+
+    async def _run_entries(self, model: str, entries: list[Entry]) -> list[None]:
+        """The batcher's run_batch: replies and acks happen inside ``_process``; nothing is returned."""
+        try:
+            await self._process(model, [e.item for e in entries])
+        except Exception:  # never fail the batcher; the messages stay unacked and come back
+            log.exception("batch handler failed")
+        return [None] * len(entries)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)

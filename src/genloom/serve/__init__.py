@@ -21,6 +21,10 @@ HTTP API (DESIGN.md, extended):
   ``{"path": ...}`` — loads the file in a new worker, swaps it in atomically, retires the old worker after its
   in-flight work; a file that does not load is refused (422) and the old model keeps serving. Without the env
   variable (or ``admin_token_env`` in the TOML) the admin endpoints answer 403.
+- ``POST /v1/completions`` and ``POST /v1/chat/completions`` (LM): OpenAI-compatible, streaming or not
+  (``openai.py``; fields and the chat template in ``openai_schema.py``); ``GET /v1/models`` answers in OpenAI's
+  list format (``object``, ``data``: ``id``, ``object``, ``created``, ``owned_by`` plus the fields above) and
+  keeps genloom's ``models`` list.
 - ``GET /healthz`` (process up), ``/readyz`` (200 only when every worker is ready; per-model state, pid,
   restarts, queue depth), ``/metrics`` (Prometheus), ``/docs`` and ``/openapi.json``.
 
@@ -28,7 +32,8 @@ Headers: ``X-Request-Timeout: SECONDS`` sets the request's deadline (default ``t
 stream it bounds the first token, then each next token must follow within ``timeout_s``); ``X-Request-Id``
 is echoed (or one is made) and appears in the JSON access log and the traces.
 Errors are JSON ``{"error": message, "field": name | null}``: 404 unknown model, 413 body too large, 422 invalid
-input (``field`` names it), 503 overloaded or restarting (``Retry-After``), 504 deadline passed, 499 in the
+input (``field`` names it), 503 overloaded or restarting (``Retry-After``; overload answers 429 instead with
+``overload_status = 429`` / ``--overload-status 429``), 504 deadline passed, 499 in the
 logs/metrics for a client that hung up (its queued work is dropped, its decode slot freed).
 
 Behaviour: each model runs in its own worker process (forked from a forkserver that has imported torch once);

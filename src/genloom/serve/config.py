@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from genloom.core.names import check_name, parse_model_args
 from genloom.core.requests import DEFAULT_LIMITS, Limits
 from genloom.errors import GenloomError
 
@@ -40,6 +41,7 @@ class ModelSettings:
     max_new_tokens: int = DEFAULT_LIMITS.max_new_tokens  # largest max_new_tokens of a /generate request
     timeout_s: float = 30.0  # default per-request deadline (header X-Request-Timeout overrides, up to 10x)
     threads: int = 1  # torch intra-op threads inside the worker process
+    backend: str = "auto"  # engine backend (genloom.engine.load); "exact" for bit-reproducible fp32
 
     @property
     def limits(self) -> Limits:
@@ -87,16 +89,6 @@ class ServerConfig:
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(ModelSettings))
 
 
-def parse_model_arg(arg: str) -> tuple[str, Path]:
-    """``NAME=PATH`` or a bare ``PATH`` (served under the file's stem)."""
-    name, sep, path = arg.partition("=")
-    if not sep:
-        name, path = Path(arg).stem, arg
-    if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise GenloomError(f"model name {name!r} in {arg!r}: use letters, digits, '-', '_' or '.' (NAME=PATH)")
-    return name, Path(path)
-
-
 def _settings(base: ModelSettings, overrides: dict[str, Any], where: str) -> ModelSettings:
     unknown = set(overrides) - set(SETTING_NAMES)
     if unknown:
@@ -129,12 +121,12 @@ def load_config(*, models: list[str], config_file: Path | None = None,
     specs: dict[str, ModelSpec] = {}
     for name, table in file_models.items():
         table = dict(table)
+        check_name(name)
         if "path" not in table:
             raise GenloomError(f"[models.{name}] needs path = \"...\"")
         path = Path(table.pop("path"))
         specs[name] = ModelSpec(name, path, _settings(base, table, f"[models.{name}]"))
-    for arg in models:
-        name, path = parse_model_arg(arg)
+    for name, path in parse_model_args(models).items():  # the NAME=PATH rule of core/names.py
         settings = specs[name].settings if name in specs else base
         specs[name] = ModelSpec(name, path, settings)
     if not specs:

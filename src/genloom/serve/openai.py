@@ -137,6 +137,11 @@ class OpenAIAPI:
             parse(body, ModelSettings())  # raises 400 naming the missing or malformed field
         svc = self._service(model)
         req = parse(body, svc.settings)
+        capacity = svc.settings.max_batch_size + svc.settings.max_queue
+        if len(req.prompts) * req.n > capacity:
+            raise OpenAIError(400, f"n: {len(req.prompts) * req.n} sequences (prompts × n) exceed this model's "
+                                   f"capacity of {capacity} (max_batch_size + max_queue); ask for fewer",
+                              param="n", code="invalid_value")
         vocab = self._vocab_of(svc)
         if vocab is not None:
             for i, p in enumerate(req.prompts):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+from multiprocessing import forkserver
 import os
 import threading
 import time
@@ -25,7 +26,7 @@ START_TIMEOUT_S = 120.0
 HANG_GRACE_S = 5.0  # a batch still running this long after its last deadline means a hung worker
 _ctx_lock = threading.Lock()
 _ctx: Any = None
-_preload = ["genloom.serve.worker_main"]
+_preload = ["genloom.core.forkserver_guard", "genloom.serve.worker_main"]  # the guard: it dies with the server
 # modules a kind imports lazily on load; preloading them keeps restarts fast. Building a module on the meta
 # device imports torch._dynamo (4 s on a busy CPU), so the LM's restart would otherwise take seconds.
 PRELOAD_BY_KIND = {"lm": ["torch._dynamo", "genloom.models.transformer", "genloom.models.lm_generate"],
@@ -69,10 +70,11 @@ class InputRejected(GenloomError):
 class WorkerProcess:
     """Server-side handle of one worker process: a pipe, a reader thread, the futures it owes."""
 
-    def __init__(self, path: Path, *, threads: int, slots: int, on_exit: Callable[["WorkerProcess"], None],
+    def __init__(self, path: Path, *, threads: int, slots: int, backend: str = "auto",
+                 on_exit: Callable[["WorkerProcess"], None],
                  on_tokens: Callable[["WorkerProcess", dict[str, Any]], None]) -> None:
         self.path = path
-        self.threads, self.slots = threads, slots
+        self.threads, self.slots, self.backend = threads, slots, backend
         self.on_exit, self.on_tokens = on_exit, on_tokens
         self.pending: dict[int, asyncio.Future] = {}  # batch id -> future of its outputs
         self.streams: dict[int, asyncio.Queue] = {}  # LM request id -> its event queue
@@ -90,9 +92,12 @@ class WorkerProcess:
         from genloom.serve import worker_main
 
         ctx = mp_context()
+        # start (or restart) the forkserver from this thread, the event loop's, which lives as long as the server:
+        # the forkserver's parent-death signal (core/forkserver_guard.py) is tied to the thread that starts it
+        forkserver.ensure_running()
         parent, child = ctx.Pipe(duplex=True)
         self._proc = ctx.Process(target=worker_main.main,
-                                 args=(child, str(self.path), self.threads, self.slots, os.getpid()),
+                                 args=(child, str(self.path), self.threads, self.slots, os.getpid(), self.backend),
                                  daemon=True, name=f"genloom-worker:{self.path.name}")
         await asyncio.to_thread(self._proc.start)  # the first start launches the forkserver (imports torch)
         child.close()
