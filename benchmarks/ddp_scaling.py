@@ -22,8 +22,8 @@ from pathlib import Path
 
 CASES = {
     # name: (train args, steps, log_every)
-    "lm-medium": (["lm", "--preset", "medium", "--val-every", "100000", "--batch-size", "16"], 30, 5),
-    "vae": (["vae", "--batch-size", "128"], 300, 50),
+    "lm-medium": (["lm", "--preset", "medium", "--val-every", "100000", "--batch-size", "16"], 16, 4),
+    "vae": (["vae", "--batch-size", "128"], 200, 40),
 }
 
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 CASES = {
     # name: (train args, steps, log_every, batch)
-    "vae": (["vae"], 300, 50, 128),
-    "gan": (["gan", "--select-samples", "0"], 40, 10, 64),
-    "lm-quick": (["lm", "--preset", "quick", "--val-every", "100000"], 60, 10, 16),
-    "lm-medium": (["lm", "--preset", "medium", "--val-every", "100000"], 20, 5, 16),
+    "vae": (["vae"], 200, 40, 128),
+    "gan": (["gan", "--select-samples", "0"], 20, 5, 64),
+    "lm-quick": (["lm", "--preset", "quick", "--val-every", "100000"], 40, 10, 16),
+    "lm-medium": (["lm", "--preset", "medium", "--val-every", "100000"], 12, 3, 16),
 }
 
 

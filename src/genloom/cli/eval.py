@@ -29,6 +29,9 @@ def register(sub: Any) -> None:
     e.add_argument("--classifier", type=Path, default=None,
                    help="FID feature classifier (default: $GENLOOM_CLASSIFIER, then the one shipped with genloom)")
     e.add_argument("--fid-samples", type=int, default=10_000, help="generated samples for the FID (default 10000)")
+    e.add_argument("--device", default="cpu",
+                   help="where the model runs: cpu (default), auto (CUDA when present), cuda, cuda:N or mps; the "
+                        "Monte-Carlo noise is drawn on the CPU, so a seed gives the same estimate on every device")
     e.add_argument("--steps", type=int, default=None, help="flow: ODE steps (default: the file's)")
     e.add_argument("--guidance", type=float, default=None,
                    help="flow: guidance w (0 = unconditional; default: the file's)")
@@ -57,6 +60,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 # ---- images ----------------------------------------------------------------------------------------------------
 
+def _load(args: argparse.Namespace, header: ModelFile) -> torch.nn.Module:
+    from genloom.device import resolve_device
+
+    return export.load(header.path).to(resolve_device(getattr(args, "device", "cpu")))
+
+
 def _test_split(args: argparse.Namespace, header: ModelFile):
     from genloom.data.images import load_images
 
@@ -69,7 +78,7 @@ def evaluate_vae(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]:
 
     if args.iwae_k < 0:
         raise GenloomError("--iwae-k must be ≥ 0")
-    model = export.load(header.path)
+    model = _load(args, header)
     result = nelbo(model, _test_split(args, header), iwae_k=args.iwae_k, seed=args.seed)
     if getattr(args, "fid", False):  # the same FID evaluator as the GAN's, so the families compare
         result.update(fid_result(args, header))
@@ -106,7 +115,7 @@ def fid_result(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]:
 
 def evaluate_gan(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]:
     """GAN: the FID of its samples (10,000 by default) against the test set."""
-    return fid_result(args, header)
+    return fid_result(args, header)  # sampled by the engine (CPU), whatever --device says
 
 
 def evaluate_flow(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]:
@@ -159,7 +168,7 @@ def evaluate_lm(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]:
     from genloom.eval.lm import evaluate_lm as score
 
     text, is_corpus = _eval_text(args, header)
-    model = export.load(header.path)
+    model = _load(args, header)
     tokens = torch.tensor(model.encode(text, what=str(args.text or "the corpus")), dtype=torch.long)
     if is_corpus:
         tokens = split_tokens(tokens)[1]  # the validation split the model was selected on

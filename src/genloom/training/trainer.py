@@ -439,9 +439,10 @@ class Trainer:
                         out = self.model.train_step(batch, self.optimizers, self.step, self)
                     self.step += 1
                     self.batch_in_epoch += 1
-                    self._apply_remote_flags()
                     samples_seen += out.n
                     log_now = self.step % self.cfg.log_every == 0
+                    if check_every_step or log_now:  # reading the flags syncs a GPU: every rank reads at the
+                        self._apply_remote_flags()  # same steps, so every rank still stops at the same step
                     if check_every_step or log_now:
                         loss = float(out.loss.detach())
                         if not math.isfinite(loss):
