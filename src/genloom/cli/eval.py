@@ -152,13 +152,14 @@ def evaluate_flow(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]
 
 def _eval_text(args: argparse.Namespace, header: ModelFile) -> tuple[str, bool]:
     """The text to score: --text FILE (whole file), else the validation split of the training corpus."""
-    from genloom.data.text import load_text
+    from genloom.data.text import load_text, resolve_corpus_ref
 
     if args.text is not None:
         return load_text(args.text), False
     data = header.provenance.get("data")
-    if data and Path(data).is_file():
-        return load_text(data), True
+    found = resolve_corpus_ref(data) if data else None  # "genloom:tinyshakespeare.txt" = the shipped corpus
+    if found is not None:
+        return load_text(found), True
     raise GenloomError("give --text FILE (a UTF-8 text to score); the training corpus named in the model file "
                        f"({data or 'none'}) is not available here")
 
