@@ -176,7 +176,8 @@ def run(rec: ModuleType, args: argparse.Namespace, *, resume_cmd: str | None = N
     torch.manual_seed(tcfg.seed)  # initialisation is part of the seeded run
     built: Built = rec.build(args, tcfg)
     tcfg = built.train_config or tcfg
-    write_resolved(Path(tcfg.out) / "config.toml", args.family, resolved_flags(args, rec, tcfg))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: rank 0 alone writes the run's files
+        write_resolved(Path(tcfg.out) / "config.toml", args.family, resolved_flags(args, rec, tcfg))
     trainer = Trainer(built.model, tcfg, built.train, built.val, provenance=built.provenance,
                       on_epoch_end=built.on_epoch_end, on_step=built.on_step, resume=args.resume,
                       resume_cmd=resume_cmd)
