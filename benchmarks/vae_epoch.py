@@ -100,11 +100,12 @@ def _child(side: str, seed: int, precision: str) -> float:
         return ref_epoch(ref, ref_opt, loader, test_loader)
     with tempfile.TemporaryDirectory() as d:
         model = VAE(VAEConfig())
-        warm = Trainer(model, TrainConfig(out=d, steps=10, progress=False, seed=seed, matmul_precision=precision),
+        tp = {"ieee": "fp32"}.get(precision, precision)  # the benchmark's old names -> --precision
+        warm = Trainer(model, TrainConfig(out=d, steps=10, progress=False, seed=seed, precision=tp),
                        ImageBatches(s.train, 128))
         warm._loop()
         cfg = TrainConfig(out=d, epochs=1, batch_size=128, lr=1e-3, schedule="wsd", betas=(0.9, 0.99),
-                          progress=False, seed=seed, matmul_precision=precision)
+                          progress=False, seed=seed, precision=tp)
         tr = Trainer(model, cfg, ImageBatches(s.train, 128), ImageBatches(s.val, 1000, shuffle=False))
         t = time.perf_counter()
         tr._loop()

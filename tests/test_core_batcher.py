@@ -173,3 +173,21 @@ async def test_stop_fails_queued_entries_instead_of_leaving_them_hanging() -> No
 async def test_constructor_validates() -> None:
     with pytest.raises(ValueError, match="max_batch_size"):
         Batcher(Recorder(), max_batch_size=0, max_wait_ms=1, max_queue=1)
+
+
+async def test_urgent_entries_go_ahead_and_concurrent_batches_drain() -> None:
+    rec = Recorder()
+    rec.release.clear()  # the first batch holds until released
+    b = Batcher(rec, max_batch_size=2, max_wait_ms=0, max_queue=100, concurrency=2)
+    b.start()
+    first = [b.submit({"x": i}, deadline=later()) for i in (0, 1)]
+    await asyncio.sleep(0.05)  # batch [0, 1] is in flight
+    rest = [b.submit({"x": 2}, deadline=later()), b.submit({"x": 3}, deadline=later()),
+            b.submit({"x": 4}, deadline=later(), urgent=True), b.submit({"x": 5}, deadline=later(), urgent=True)]
+    await asyncio.sleep(0.05)
+    assert rec.batches[1] == [{"x": 4}, {"x": 5}]  # a second batch in flight (concurrency 2), urgent ones first
+    rec.release.set()
+    await b.drain()
+    assert all(e.future.done() for e in first + rest) and b.depth == 0 and b.in_flight == 0
+    assert rec.batches[2] == [{"x": 2}, {"x": 3}]
+    await b.stop()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import os
 import signal
 import time
@@ -194,3 +193,24 @@ async def test_admin_reload_swaps_the_model_and_refuses_bad_files(api: httpx.Asy
     assert r.status_code == 422 and "old model keeps serving" in r.json()["error"]
     assert (await api.post("/v1/models/tiny/sample", json={"n": 1})).status_code == 200
     assert (await api.get("/readyz")).status_code == 200
+
+
+@pytest.mark.parametrize("body", [b"", b"  ", b"[1, 2]", b"3", b"null"])
+async def test_an_empty_or_non_object_body_is_422(api: httpx.AsyncClient, body: bytes) -> None:
+    r = await api.post("/v1/models/tiny/sample", content=body)
+    assert r.status_code == 422 and r.json()["field"] == "body", r.text
+
+
+async def test_a_bug_is_500_with_the_traceback_logged_not_422(api: httpx.AsyncClient,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    svc = api.server.services["tiny"]  # type: ignore[attr-defined]
+
+    def broken(*a: object, **k: object) -> None:
+        raise ValueError("an internal bug, not the caller's input")
+
+    monkeypatch.setattr(svc.batcher, "submit", broken)
+    with caplog.at_level("ERROR", logger="genloom.serve"):
+        r = await api.post("/v1/models/tiny/sample", json={"n": 1}, headers={"X-Request-Id": "bug-1"})
+    assert r.status_code == 500 and "bug-1" in r.json()["error"] and "internal bug" not in r.json()["error"]
+    assert any(rec.exc_info and "internal bug" in str(rec.exc_info[1]) for rec in caplog.records)

@@ -179,3 +179,16 @@ def test_steps_after_the_last_validation_are_validated_at_the_end(idx_dir, tmp_p
     tr.fit()
     vals = [r["step"] for r in read_metrics(tmp_path / "v" / "metrics.jsonl") if r["type"] == "val"]
     assert vals == [4, 8, 10]
+
+
+def test_run_ending_mid_epoch_validates_its_last_steps(idx_dir, tmp_path):
+    """A run whose length (steps or time budget) ends mid-epoch scores its final weights, which are the ones the
+    schedule has just annealed, so they can be exported; per-epoch validation alone would miss them."""
+    tr = _trainer(idx_dir, tmp_path / "m", epochs=None, steps=11, schedule="wsd")  # 8 batches per epoch
+    path = tr.fit()
+    vals = [r for r in read_metrics(tmp_path / "m" / "metrics.jsonl") if r["type"] == "val"]
+    assert [r["step"] for r in vals] == [8, 11]
+    assert tr.best_val == pytest.approx(min(r["val_loss"] for r in vals))
+    if tr.best_step == 11:
+        final = export.load(path).state_dict()
+        assert all(torch.equal(final[k], v) for k, v in tr.model.state_dict().items())

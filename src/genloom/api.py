@@ -110,7 +110,7 @@ def run_train(family: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def train(family: str, *, out: str | PathLike[str], preset: str | None = None, epochs: int | None = None,
           steps: int | None = None, time_budget: float | None = None, batch_size: int | None = None,
-          lr: float | None = None, seed: int | None = None, resume: bool = False, threads: int | None = None,
+          lr: float | None = None, seed: int | None = None, resume: bool | str | PathLike[str] = False, threads: int | None = None,
           progress: bool = False, **options: Any) -> dict[str, Any]:
     """Train a model of ``family`` ("vae", "gan", "lm", "classifier") into ``out``; return the run summary
     (``{"model": path of model.safetensors, "steps", "epochs", "train_seconds", …family's final metrics}``).
@@ -153,7 +153,7 @@ def evaluate(model: str | PathLike[str], *, dataset: str | None = None, data: st
     """``genloom eval MODEL --json`` as a dict: VAE test -ELBO / IWAE (+ FID), GAN FID, LM loss and bits/char."""
     from genloom.cli.eval import evaluate_file
 
-    opt = lambda v: None if v is None else Path(v)  # noqa: E731
+    opt = lambda v: None if v is None else Path(v)
     return evaluate_file(Path(model), argparse.Namespace(
         dataset=dataset, data=opt(data), iwae_k=iwae_k, seed=seed, text=opt(text), fid=fid,
         classifier=opt(classifier), fid_samples=fid_samples, steps=steps, guidance=guidance, sampler=sampler))

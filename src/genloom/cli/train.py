@@ -23,5 +23,7 @@ def register(sub: Any) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from genloom.api import run_train
 
-    print(json.dumps(run_train(args.family, args)))
+    summary = run_train(args.family, args)
+    if summary:  # empty on ranks other than 0, and in the launcher of --nproc (rank 0 printed it)
+        print(json.dumps(summary))
     return 0

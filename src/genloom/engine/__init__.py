@@ -32,7 +32,7 @@ def __getattr__(name: str) -> object:  # ``genloom.engine.Engine`` without impor
     raise AttributeError(name)
 
 
-def load(path: str | Path, *, threads: int | None = None, backend: str = "auto") -> Engine:
+def load(path: str | Path, *, threads: int | None = None, backend: str = "auto", device: str = "cpu") -> Engine:
     """Load a genloom model file for inference.
 
     threads: intra-op threads for torch/onnxruntime (process-wide for torch); None keeps the default.
@@ -40,8 +40,13 @@ def load(path: str | Path, *, threads: int | None = None, backend: str = "auto")
     grey level, measured at the first load of the file here and cached; ``engine/autotune.py``), "exact" (fp32
     eager: bit-reproducible), or one by name: "eager", "compile", "bf16", "int8", "onnx", "numpy"
     (``engine/backends.py``). The LM always runs fp32 eager with its KV cache ("auto" and "exact" alike).
+    device: "cpu" (default), "auto" (CUDA when present), "cuda", "cuda:N" or "mps": where the math runs; calls
+    still take and return numpy / text, noise is drawn on the CPU. Off the CPU the backend is fp32 eager.
     """
     from genloom.engine.base import BACKENDS, InputError
+
+    if device != "cpu" and backend not in ("auto", "exact", "eager"):
+        raise InputError(f"backend {backend!r} runs on the CPU; use backend='auto' or 'eager' with device={device!r}")
 
     if backend == "numpy":  # the torch-free path
         from genloom.engine import lite
@@ -62,6 +67,13 @@ def load(path: str | Path, *, threads: int | None = None, backend: str = "auto")
     if header.kind not in ("vae", "gan", "lm", "flow"):
         raise InputError(f"{path}: the engine does not serve models of kind {header.kind!r}")
     model = export.load(path)
+    if device != "cpu":
+        from genloom.device import resolve_device
+
+        dev = resolve_device(device)
+        model.to(dev)
+        if dev.type != "cpu":
+            backend = "eager"  # the other backends (and the autotuner) are CPU backends
     if header.kind == "lm":
         from genloom.engine.lm import LMEngine
 

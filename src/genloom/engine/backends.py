@@ -41,10 +41,12 @@ def _split_head(module: nn.Module) -> tuple[nn.Module, nn.Module]:
 
 def eager(module: nn.Module, example: np.ndarray, threads: int | None) -> Runner:
     module = module.eval()
+    p = next(module.parameters(), None)  # engine.load(device=...): numpy in and out, the math on the device
+    dev = p.device if p is not None else torch.device("cpu")  # (a quantized module has no plain parameters)
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return module(torch.from_numpy(x)).numpy()
+            return module(torch.from_numpy(x).to(dev)).cpu().numpy()
 
     return run
 
@@ -90,9 +92,11 @@ def ort_runner(model: bytes, threads: int | None) -> Runner:
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads is not None:
-        opts.intra_op_num_threads = threads
+    # the same thread count as torch, and no spinning: onnxruntime's idle pool threads otherwise spin after each
+    # run and take the cores from everything else in the process (torch's matmuls, the server's event loop)
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
 

@@ -18,6 +18,7 @@ import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -51,7 +52,7 @@ def cpu_peak_gflops() -> dict[str, float]:
     mhz = 0.0
     try:
         with open("/proc/cpuinfo") as f:
-            mhz = max(float(l.split(":")[1]) for l in f if l.startswith("cpu MHz"))
+            mhz = max(float(line.split(":")[1]) for line in f if line.startswith("cpu MHz"))
     except (OSError, ValueError):
         pass
     cores = torch.get_num_threads()
@@ -113,10 +114,10 @@ def _image_variants(naive: Callable[[], Any], module: nn.Module, x: np.ndarray, 
     for name in names:
         if name == "numpy":
             eng = lite.load(path, threads=threads or torch.get_num_threads())
-            variants[name] = (lambda e=eng: e._forward(x))
+            variants[name] = partial(eng._forward, x)
             continue
         run = backends.build(name, module, x, threads=threads)
-        variants[name] = (lambda r=run: r(x))
+        variants[name] = partial(run, x)
     return variants
 
 
@@ -133,7 +134,7 @@ def bench_vae(tmp: str, *, runs: int, repeats: int, threads: int | None, names: 
         zt = torch.from_numpy(z)
         model.train()  # naive: training mode, autograd recording, no inference_mode
 
-        def naive(m: VAE = model) -> Any:
+        def naive(m: VAE = model, zt: torch.Tensor = zt) -> Any:
             return m.decode(zt)
 
         decoder = nn.Sequential(model.decoder, nn.Sigmoid())
@@ -177,7 +178,7 @@ def bench_lm(*, repeats: int, lm_runs: int = 3, new_tokens: int = 64, prompt_len
     for b in (1, 16):
         prompts = [prompt] * b
 
-        def naive() -> Any:  # no cache, training mode, autograd on: recompute the whole context every token
+        def naive(prompts: list[str] = prompts) -> Any:  # no cache, training mode, autograd on: recompute all
             model.train()
             idx = torch.tensor([model.encode(p) for p in prompts])  # (b, T0)
             for _ in range(new_tokens):
@@ -185,14 +186,14 @@ def bench_lm(*, repeats: int, lm_runs: int = 3, new_tokens: int = 64, prompt_len
                 idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], 1)  # (b, T + 1)
             model.eval()
 
-        def uncached() -> Any:  # the same loop under inference_mode in eval mode
+        def uncached(prompts: list[str] = prompts) -> Any:  # the same loop under inference_mode in eval mode
             with torch.inference_mode():
                 idx = torch.tensor([model.encode(p) for p in prompts])
                 for _ in range(new_tokens):
                     logits = model(idx[:, -model.config.block_size:])
                     idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], 1)
 
-        def cached() -> Any:
+        def cached(prompts: list[str] = prompts) -> Any:
             with torch.inference_mode():
                 generate(model.eval(), prompts, max_new_tokens=new_tokens, temperature=0.0)
 

@@ -66,9 +66,10 @@ class VAEEngine(Engine):
         flat = check_images(x, x_dim=self.x_dim)
         y = check_labels(labels, len(flat), self.num_classes)
         with torch.inference_mode():
-            lab = None if y is None else torch.from_numpy(y)
-            mu, _ = self.model.encode(torch.from_numpy(flat), lab)
-        return mu.float().numpy()
+            dev = next(self.model.parameters()).device
+            lab = None if y is None else torch.from_numpy(y).to(dev)
+            mu, _ = self.model.encode(torch.from_numpy(flat).to(dev), lab)
+        return mu.float().cpu().numpy()
 
     def reconstruct(self, x: Any, *, labels: Sequence[int] | None = None) -> np.ndarray:
         """decode(encode(x)): the images as the model sees them, (n, 28, 28)."""

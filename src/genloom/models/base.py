@@ -18,18 +18,39 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
+from genloom.data.batches import RowShard
+
 
 @dataclass
 class LossOutput:
     loss: torch.Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # floats or 0-d tensors (read at log time)
     n: int = 1  # number of items the loss is a mean over (weights validation averages)
+
+
+def randn_rows(model: nn.Module, n: int, *shape: int, like: torch.Tensor) -> torch.Tensor:
+    """``torch.randn(n, *shape)`` for this process's rows: under data parallelism the noise of the *global* batch
+    is drawn and sliced, so every world size sees the same noise per sample and the RNG stays in lockstep."""
+    s: RowShard | None = getattr(model, "row_shard", None)
+    if s is None:
+        return torch.randn(n, *shape, dtype=like.dtype, device=like.device)
+    assert s.hi - s.lo == n, (s, n)
+    return torch.randn(s.n, *shape, dtype=like.dtype, device=like.device)[s.lo:s.hi]
+
+
+def rand_rows(model: nn.Module, n: int, *shape: int, like: torch.Tensor) -> torch.Tensor:
+    """``torch.rand`` counterpart of ``randn_rows``."""
+    s: RowShard | None = getattr(model, "row_shard", None)
+    if s is None:
+        return torch.rand(n, *shape, dtype=like.dtype, device=like.device)
+    return torch.rand(s.n, *shape, dtype=like.dtype, device=like.device)[s.lo:s.hi]
 
 
 class TrainerHooks(Protocol):
     """What a model's ``train_step`` may use from the Trainer."""
 
-    def clip_and_step(self, name: str, loss: torch.Tensor) -> float: ...
+    def clip_and_step(self, name: str, loss: torch.Tensor, *, params: list[torch.nn.Parameter] | None = None
+                      ) -> float: ...
 
 
 def config_to_json(cfg: Any) -> str:
@@ -56,6 +77,10 @@ class GenerativeModel(nn.Module):
     kind: ClassVar[str]
     config_class: ClassVar[type]
     config: Any
+    # how `--precision bf16` runs on a CPU: "autocast" (torch.autocast) or "matmul" (oneDNN rounds fp32 matmul
+    # inputs to bf16: no casts, fastest for small MLPs); see train/precision.py
+    cpu_bf16: ClassVar[str] = "autocast"
+    row_shard: RowShard | None = None  # set by the Trainer under data parallelism (randn_rows)
 
     def loss(self, batch: Any) -> LossOutput:  # pragma: no cover - abstract
         raise NotImplementedError

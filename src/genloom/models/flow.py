@@ -182,7 +182,7 @@ class FlowModel(GenerativeModel):
         """ema ← β·ema + (1 − β)·θ, β = 0.5^(B/h), half-life h = min(ema_kimg·1000, ema_rampup·seen) samples
         (the GAN's schedule, ``models/gan.py``: short early, so short runs are not averaged over their start)."""
         c = self.config
-        self.ema_images += batch_size
+        self.ema_images: torch.Tensor = self.ema_images + batch_size
         if c.ema_kimg <= 0:
             return
         half_life = min(c.ema_kimg * 1000.0, c.ema_rampup * float(self.ema_images)) if c.ema_rampup \

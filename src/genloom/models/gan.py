@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genloom.errors import ConfigError
-from genloom.models.base import GenerativeModel, LossOutput, TrainerHooks
+from genloom.models.base import GenerativeModel, LossOutput, TrainerHooks, rand_rows, randn_rows
 from genloom.models.gan_nets import ConvCritic, ConvGenerator, MLPCritic, MLPGenerator
 
 LOSSES = ("wgan-gp", "hinge", "r3gan")
@@ -83,7 +83,7 @@ def wgan_gp_critic_loss(critic: Critic, real: torch.Tensor, fake: torch.Tensor, 
     gp = (norm - 1).pow(2).mean()
     w = d_real.mean() - d_fake.mean()  # the Wasserstein estimate E[D(x)] − E[D(x̃)]
     loss = -w + lam * gp
-    return loss, {"w_dist": float(w.detach()), "penalty": float(gp.detach())}
+    return loss, {"w_dist": w.detach(), "penalty": gp.detach()}
 
 
 def hinge_critic_loss(critic: Critic, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None,
@@ -93,7 +93,7 @@ def hinge_critic_loss(critic: Critic, real: torch.Tensor, fake: torch.Tensor, la
     d = critic(torch.cat([real, fake]), labels.repeat(2) if labels is not None else None)  # (2B,)
     d_real, d_fake = d[:B], d[B:]
     loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
-    return loss, {"w_dist": float((d_real.mean() - d_fake.mean()).detach()), "penalty": 0.0}
+    return loss, {"w_dist": (d_real.mean() - d_fake.mean()).detach(), "penalty": torch.zeros((), device=d.device)}
 
 
 def r3gan_critic_loss(critic: Critic, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None,
@@ -109,7 +109,7 @@ def r3gan_critic_loss(critic: Critic, real: torch.Tensor, fake: torch.Tensor, la
     sq = grad.flatten(1).pow(2).sum(1)  # ‖∇‖² per sample, (2B,)
     r1, r2 = sq[:B].mean(), sq[B:].mean()
     loss = adv + gamma / 2 * (r1 + r2)
-    return loss, {"w_dist": float((d_real.mean() - d_fake.mean()).detach()), "penalty": float((r1 + r2).detach())}
+    return loss, {"w_dist": (d_real.mean() - d_fake.mean()).detach(), "penalty": (r1 + r2).detach()}
 
 
 class GAN(GenerativeModel):
@@ -134,6 +134,11 @@ class GAN(GenerativeModel):
         self.register_buffer("ema_images", torch.zeros((), dtype=torch.float64))  # images seen by the EMA
         self.register_buffer("sample_from_ema", torch.tensor(c.ema_kimg > 0))
 
+    @property
+    def batch_groups(self) -> int:
+        """A training batch is n_critic minibatches; data parallelism splits each one across ranks."""
+        return self.config.n_critic
+
     # -- sampling -----------------------------------------------------------------------------------------------
     def _labels(self, n: int, labels: torch.Tensor | None) -> torch.Tensor | None:
         if not self.config.num_classes:
@@ -148,11 +153,14 @@ class GAN(GenerativeModel):
         use_ema = bool(self.sample_from_ema) if ema is None else ema
         net = self.ema if use_ema else self.generator
         w = self.generator.fc.weight if self.config.arch == "conv" else self.generator.net[0].weight
-        z = torch.randn(n, self.config.latent, generator=generator, dtype=w.dtype)
+        z = torch.randn(n, self.config.latent, generator=generator, dtype=w.dtype).to(w.device)
+        labels = self._labels(n, labels)
+        if labels is not None:
+            labels = labels.to(w.device)
         was = net.training
         net.eval()  # batch-norm generators sample with their running statistics: per-sample, deterministic
         try:
-            return net(z, self._labels(n, labels))
+            return net(z, labels)
         finally:
             net.train(was)
 
@@ -161,7 +169,7 @@ class GAN(GenerativeModel):
         x, y = batch
         labels = y if self.config.num_classes else None
         with torch.no_grad():
-            fake = self.generator(torch.randn(len(x), self.config.latent), labels)
+            fake = self.generator(randn_rows(self, len(x), self.config.latent, like=x), labels)
         with torch.enable_grad():
             loss, m = self.critic_loss(x, fake, labels)
         return LossOutput(loss.detach(), m, n=len(x))
@@ -170,7 +178,7 @@ class GAN(GenerativeModel):
                     ) -> tuple[torch.Tensor, dict[str, float]]:
         c = self.config
         if c.loss == "wgan-gp":
-            eps = torch.rand(len(real), 1, 1, 1, dtype=real.dtype)  # ε ~ U[0, 1], one per sample
+            eps = rand_rows(self, len(real), 1, 1, 1, like=real)  # ε ~ U[0, 1], one per sample
             return wgan_gp_critic_loss(self.critic, real, fake, labels, lam=c.gp_weight, eps=eps)
         if c.loss == "hinge":
             return hinge_critic_loss(self.critic, real, fake, labels)
@@ -208,21 +216,22 @@ class GAN(GenerativeModel):
         for i in range(c.n_critic):
             labels = ys[i] if c.num_classes else None  # fakes share the real batch's labels (x̂ stays in class)
             with torch.no_grad():
-                fake = self.generator(torch.randn(B, c.latent), labels)
+                fake = self.generator(randn_rows(self, B, c.latent, like=x), labels)
             d_loss, m = self.critic_loss(xs[i], fake, labels)
             m["d_grad_norm"] = trainer.clip_and_step("critic", d_loss, params=crit_params)
         # generator step; the critic is frozen so that no gradient is spent on its weights
         self.critic.requires_grad_(False)
         try:
             labels = ys[-1] if c.num_classes else None
-            fake = self.generator(torch.randn(B, c.latent), labels)
+            fake = self.generator(randn_rows(self, B, c.latent, like=x), labels)
             g_loss = self.generator_loss(xs[-1], fake, labels)
             m["g_grad_norm"] = trainer.clip_and_step("generator", g_loss, params=gen_params)
         finally:
             self.critic.requires_grad_(True)
-        self.update_ema(B)
-        m.update(d_loss=float(d_loss.detach()), g_loss=float(g_loss.detach()))
-        loss = d_loss.detach() if torch.isfinite(g_loss) else g_loss.detach()  # the Trainer stops on NaN in either
+        self.update_ema(self.row_shard.n if self.row_shard is not None else B)  # images of the global batch
+        m.update(d_loss=d_loss.detach(), g_loss=g_loss.detach())
+        # the Trainer stops on NaN in either (no host sync here: torch.where)
+        loss = torch.where(torch.isfinite(g_loss), d_loss.detach(), g_loss.detach())
         return LossOutput(loss, m, n=B * c.n_critic)
 
     @torch.no_grad()
@@ -231,13 +240,19 @@ class GAN(GenerativeModel):
         h = min(ema_kimg·1000, ema_rampup · images seen). The ramp-up keeps the average short early on, so it
         helps short runs too (a fixed β = 0.999 would average in the first, poor generators for a long time)."""
         c = self.config
-        self.ema_images += batch_size
+        self.ema_images: torch.Tensor = self.ema_images + batch_size
         if c.ema_kimg <= 0:
             return
-        half_life = min(c.ema_kimg * 1000.0, c.ema_rampup * float(self.ema_images)) if c.ema_rampup else \
-            c.ema_kimg * 1000.0
-        beta = 0.5 ** (batch_size / max(half_life, 1e-8))
         ema_p, g_p = list(self.ema.parameters()), list(self.generator.parameters())
-        torch._foreach_lerp_(ema_p, g_p, 1.0 - beta)  # ema + (1 − β)(G − ema)
+        if self.ema_images.device.type != "cpu":  # on an accelerator: tensor math, no host sync per step
+            h = (self.ema_images * c.ema_rampup).clamp(max=c.ema_kimg * 1000.0) if c.ema_rampup else \
+                torch.full_like(self.ema_images, c.ema_kimg * 1000.0)
+            w = (1.0 - 0.5 ** (batch_size / h.clamp(min=1e-8))).to(ema_p[0].dtype)
+            torch._foreach_lerp_(ema_p, g_p, [w] * len(ema_p))  # type: ignore[list-item]
+        else:
+            half_life = min(c.ema_kimg * 1000.0, c.ema_rampup * float(self.ema_images)) if c.ema_rampup else \
+                c.ema_kimg * 1000.0
+            beta = 0.5 ** (batch_size / max(half_life, 1e-8))
+            torch._foreach_lerp_(ema_p, g_p, 1.0 - beta)  # ema + (1 − β)(G − ema)
         for b_e, b_g in zip(self.ema.buffers(), self.generator.buffers()):
             b_e.copy_(b_g)

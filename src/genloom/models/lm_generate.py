@@ -94,12 +94,12 @@ def sample_rows(logits: torch.Tensor, *, temperature: torch.Tensor, top_k: torch
 class DecodeBatch:
     """Continuous-batching decoder over a pre-allocated KV cache of ``slots`` rows (see the module docstring)."""
 
-    def __init__(self, model: TransformerLM, *, slots: int, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: TransformerLM, *, slots: int, device: str | torch.device | None = None) -> None:
         if slots < 1:
             raise ValueError("slots must be ≥ 1")
         self.model = model.eval()
         self.config = model.config
-        self.device = torch.device(device)
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
         dtype = next(model.parameters()).dtype
         self.cache = KVCache.empty(model.config, slots, device=self.device, dtype=dtype)
         self.slots = slots
@@ -234,12 +234,13 @@ class DecodeBatch:
         ss = [self._slots[i] for i in ready]
         logits = torch.stack([s.pending for s in ss])  # (R, V)
         V = logits.shape[-1]
+        dev = logits.device
         tok = sample_rows(
             logits,
-            temperature=torch.tensor([s.temperature for s in ss]),
-            top_k=torch.tensor([s.top_k if s.top_k is not None else V for s in ss]),
-            top_p=torch.tensor([s.top_p if s.top_p is not None else 1.0 for s in ss]),
-            u=torch.tensor([s.rng.random() for s in ss], dtype=torch.float32),
+            temperature=torch.tensor([s.temperature for s in ss], device=dev),
+            top_k=torch.tensor([s.top_k if s.top_k is not None else V for s in ss], device=dev),
+            top_p=torch.tensor([s.top_p if s.top_p is not None else 1.0 for s in ss], device=dev),
+            u=torch.tensor([s.rng.random() for s in ss], dtype=torch.float32, device=dev),
         )
         return tok.tolist()
 
@@ -252,7 +253,7 @@ def _prepare(model: TransformerLM, prompts: list[str]) -> list[list[int]]:
 
 def generate(model: TransformerLM, prompts: list[str], *, max_new_tokens: int = 200, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-             stop: list[str] | None = None, slots: int | None = None, device: str | torch.device = "cpu"
+             stop: list[str] | None = None, slots: int | None = None, device: str | torch.device | None = None
              ) -> list[str]:
     """Continuations of ``prompts`` (of any lengths), decoded together. Prompt i uses seed ``seed + i``.
     At most ``slots`` (default: all prompts, up to 64) decode at once; the rest join as rows free up."""
@@ -277,7 +278,7 @@ def generate(model: TransformerLM, prompts: list[str], *, max_new_tokens: int = 
 
 def stream(model: TransformerLM, prompt: str, *, max_new_tokens: int = 200, temperature: float = 1.0,
            top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-           stop: list[str] | None = None, device: str | torch.device = "cpu") -> Iterator[str]:
+           stop: list[str] | None = None, device: str | torch.device | None = None) -> Iterator[str]:
     """Yield the continuation piece by piece as tokens are produced (a held-back stop-string prefix comes out
     once it turns out not to be one); the pieces join to ``generate(model, [prompt], ...)[0]``."""
     (ids,) = _prepare(model, [prompt])

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genloom.errors import ConfigError
-from genloom.models.base import GenerativeModel, LossOutput
+from genloom.models.base import GenerativeModel, LossOutput, randn_rows
 
 LOG_2PI = math.log(2 * math.pi)
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU}
@@ -54,6 +54,7 @@ def _mlp(sizes: list[int], act: type[nn.Module]) -> nn.Sequential:
 class VAE(GenerativeModel):
     kind: ClassVar[str] = "vae"
     config_class: ClassVar[type] = VAEConfig
+    cpu_bf16: ClassVar[str] = "matmul"  # --precision bf16 on a CPU: oneDNN bf16 matmuls, no autocast casts
 
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
@@ -128,7 +129,7 @@ class VAE(GenerativeModel):
         x = x.reshape(len(x), -1)  # (B, 784) in [0, 1]
         mu, logvar = self.encode(x, labels)  # (B, latent) each
         # Reparameterization: z = μ + σ ⊙ ε, ε ~ N(0, I), so the gradient flows through μ and σ
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        z = mu + torch.exp(0.5 * logvar) * randn_rows(self, len(mu), mu.shape[1], like=mu)  # ε: (B, latent)
         logits = self.decode_logits(z, labels)  # (B, 784)
         recon = -self.log_px_given_z(logits, x)  # (B,)  -E_q[log p(x|z)], 1 sample, in float32
         # KL(q(z|x) || N(0, I)) = -½ Σ (1 + log σ² - μ² - σ²)   (Kingma & Welling 2014, Appendix B)
@@ -136,14 +137,18 @@ class VAE(GenerativeModel):
         # Negative ELBO per image = recon + KL; β-VAE weights the KL: recon + β·KL
         loss = (recon + self.config.beta * kl).mean()
         nelbo = (recon + kl).detach().mean()
-        return LossOutput(loss, {"nelbo": nelbo.item(), "recon": recon.mean().item(), "kl": kl.mean().item()},
+        # metrics stay tensors (no host sync per step on a GPU); the Trainer reads them at log steps
+        return LossOutput(loss, {"nelbo": nelbo, "recon": recon.detach().mean(), "kl": kl.detach().mean()},
                           n=len(x))
 
     @torch.no_grad()
     def generate(self, n: int, *, generator: torch.Generator | None = None,
                  labels: torch.Tensor | None = None, **kw: Any) -> torch.Tensor:
         """n samples from the prior, decoded to mean images in [0, 1]: (n, 1, 28, 28)."""
-        z = torch.randn(n, self.config.latent, generator=generator, dtype=self.fc_mu.weight.dtype)
+        w = self.fc_mu.weight
+        z = torch.randn(n, self.config.latent, generator=generator, dtype=w.dtype).to(w.device)
         if self.config.num_classes and labels is None:
             labels = torch.arange(n) % self.config.num_classes
+        if labels is not None:
+            labels = labels.to(w.device)
         return self.decode(z, labels)

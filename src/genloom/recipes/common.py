@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +14,9 @@ from typing import Any, Callable
 import torch
 
 from genloom.data.batches import BatchSource
+from genloom.errors import GenloomError
 from genloom.models.base import GenerativeModel
+from genloom.runconfig import write_resolved
 from genloom.training.schedules import SCHEDULES
 from genloom.training.trainer import TrainConfig, Trainer
 
@@ -47,23 +51,41 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--patience": ("patience", int, "early stopping: validations without improvement before stopping"),
     "--min-delta": ("min_delta", float, "early stopping: the improvement that counts"),
     "--checkpoint-every": ("checkpoint_every", int, "write checkpoints/last.pt every N epochs"),
+    "--checkpoint-steps": ("checkpoint_steps", int, "also write checkpoints/last.pt every N steps, keeping a copy "
+                           "checkpoints/step-NNNNNNNN.pt (for long runs)"),
+    "--keep-checkpoints": ("keep_checkpoints", int, "how many step-NNNNNNNN.pt copies to keep (default 3)"),
     "--log-every": ("log_every", int, "write a metrics.jsonl record every N steps"),
     "--seed": ("seed", int, "random seed (data order, initialisation, noise)"),
-    "--matmul-precision": ("matmul_precision", str, "float32 matmuls: ieee (exact), bf16 (oneDNN rounds the inputs "
-                           "to bf16, fp32 accumulation; fast on AMX CPUs) or auto (bf16 where the CPU has AMX/"
-                           "AVX512-BF16)"),
+    "--device": ("device", str, "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps (default: auto)"),
+    "--precision": ("precision", str, "auto, fp32, bf16 or fp16 (GPU). auto: bf16 on GPUs that have it, else fp16 "
+                    "with a gradient scaler; on a CPU, bf16 only if a short measured probe finds it faster for this "
+                    "model on this CPU (cached per CPU model) (default: auto)"),
 }
+RUN_DEFAULTS: dict[str, Any] = {"device": "auto", "precision": "auto"}  # for every family, under its defaults
 
 
 def add_common_args(p: argparse.ArgumentParser, rec: ModuleType) -> None:
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="read flags from a TOML file (keys: the flag names, e.g. lr = 1e-3; flags given here win; "
+                        "OUT/config.toml of a run repeats it)")
     p.add_argument("--out", required=True, type=Path,
                    help="run directory: model.safetensors, metrics.jsonl, loss.png, samples/, checkpoints/")
     p.add_argument("--preset", choices=sorted(rec.PRESETS) or None, default=None,
                    help="named recipe: " + "; ".join(f"{k}: {v.get('_doc', '')}" for k, v in rec.PRESETS.items())
                    if rec.PRESETS else "no presets for this family")
-    p.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoints/last.pt")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue exactly where a run stopped: from OUT/checkpoints/last.pt, or from CHECKPOINT "
+                        "(a .pt file, or a run directory whose last checkpoint to take)")
+    p.add_argument("--no-tensorboard", action="store_true",
+                   help="no TensorBoard event files (default: written to OUT beside metrics.jsonl)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the model's loss (off by default: measured slower on CPU for these models, "
+                        "docs/benchmarks.md)")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="data-parallel processes on this machine, launched through torch.distributed.run (same as "
+                        "`torchrun --nproc-per-node N -m genloom train …`); --batch-size stays the global batch")
     g = p.add_argument_group("training (defaults depend on the family and preset)")
     for flag, (_, typ, help_) in TRAIN_FLAGS.items():
         d = rec.DEFAULTS.get(TRAIN_FLAGS[flag][0])
@@ -72,13 +94,13 @@ def add_common_args(p: argparse.ArgumentParser, rec: ModuleType) -> None:
 
 def train_config(args: argparse.Namespace, rec: ModuleType) -> TrainConfig:
     """Explicit flag > preset > family default > TrainConfig default."""
-    merged: dict[str, Any] = {}
+    merged: dict[str, Any] = dict(RUN_DEFAULTS)
     # a recipe may make its defaults depend on other flags (the GAN's depend on --loss)
     merged.update(rec.defaults_for(args) if hasattr(rec, "defaults_for") else rec.DEFAULTS)
     if args.preset:
         merged.update({k: v for k, v in rec.PRESETS[args.preset].items() if not k.startswith("_")
                        and k in {f.name for f in dataclasses.fields(TrainConfig)}})
-    for flag, (name, _, _) in TRAIN_FLAGS.items():
+    for name, _, _ in TRAIN_FLAGS.values():
         v = getattr(args, name)
         if v is not None:
             merged[name] = v
@@ -87,9 +109,12 @@ def train_config(args: argparse.Namespace, rec: ModuleType) -> TrainConfig:
         for n in lengths:
             if getattr(args, n) is None:
                 merged.pop(n, None)
+    if getattr(args, "compile", None):
+        merged["compile"] = True
     if merged.get("grad_clip") == 0:
         merged["grad_clip"] = None
-    return TrainConfig(out=str(args.out), progress=not args.no_progress and sys.stderr.isatty(), **{
+    return TrainConfig(out=str(args.out), progress=not args.no_progress and sys.stderr.isatty(),
+                       tensorboard=not getattr(args, "no_tensorboard", False), **{
         k: v for k, v in merged.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
 
 
@@ -103,18 +128,65 @@ def preset_value(args: argparse.Namespace, rec: ModuleType, name: str, default: 
     return default
 
 
+def resolved_flags(args: argparse.Namespace, rec: ModuleType, tcfg: TrainConfig) -> dict[str, Any]:
+    """Every flag's value for OUT/config.toml: training settings as resolved (flag > preset > family default),
+    the family's own as given or as the preset sets them; None where unset (the family default applies)."""
+    preset = rec.PRESETS[args.preset] if getattr(args, "preset", None) else {}
+    train = {name for name, _, _ in TRAIN_FLAGS.values()}
+    out: dict[str, Any] = {}
+    for k, v in vars(args).items():
+        if k in ("command", "family", "func", "config", "resume") or callable(v):
+            continue
+        if k in train:
+            v = getattr(tcfg, k)
+            if k == "grad_clip" and v is None:
+                v = 0.0  # --grad-clip 0 (off), not the family default
+        elif v is None and isinstance(preset.get(k), (str, int, float)):
+            v = preset[k]  # (a list-valued preset setting is left to the preset, which is written too)
+        out[k] = str(v) if isinstance(v, Path) else v
+    return out
+
+
 def run(rec: ModuleType, args: argparse.Namespace, *, resume_cmd: str | None = None) -> dict[str, Any]:
-    """Train ``rec``'s model with the options in ``args``; ``resume_cmd`` is the command the Ctrl-C hint names."""
+    """Train ``rec``'s model with the options in ``args``; ``resume_cmd`` is the command the Ctrl-C hint names.
+    With ``--nproc N`` (and not already under torchrun) this process launches N training processes instead."""
+    from genloom.training import distributed as dd
+
+    resume_cmd = os.environ.get("GENLOOM_RESUME_CMD") or resume_cmd
+    if args.nproc is not None and args.nproc > 1 and dd.launched_world() == 1:
+        from genloom.training.launch import launch, strip_nproc
+
+        train_config(args, rec)  # bad flags: one error here, not one per process
+        if resume_cmd is None:
+            raise GenloomError("--nproc needs the command line to launch (use genloom train … --nproc N)")
+        argv = shlex.split(resume_cmd)[1:]  # "train FAMILY …options… --resume"
+        if not args.resume:
+            argv = argv[:-1]
+        rc = launch(args.nproc, strip_nproc(argv), resume_cmd=resume_cmd)
+        if rc:
+            raise SystemExit(rc)
+        return {}
+    if resume_cmd and dd.launched_world() > 1 and not os.environ.get("GENLOOM_RESUME_CMD"):
+        local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+        opts = f"--nproc-per-node {local}" if local == str(dd.launched_world()) else "<the same torchrun options>"
+        resume_cmd = f"torchrun {opts} -m " + resume_cmd
     if args.threads:
         torch.set_num_threads(args.threads)
     tcfg = train_config(args, rec)
     torch.manual_seed(tcfg.seed)  # initialisation is part of the seeded run
     built: Built = rec.build(args, tcfg)
     tcfg = built.train_config or tcfg
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: rank 0 alone writes the run's files
+        write_resolved(Path(tcfg.out) / "config.toml", args.family, resolved_flags(args, rec, tcfg))
     trainer = Trainer(built.model, tcfg, built.train, built.val, provenance=built.provenance,
                       on_epoch_end=built.on_epoch_end, on_step=built.on_step, resume=args.resume,
                       resume_cmd=resume_cmd)
-    path = trainer.fit()
+    try:
+        path = trainer.fit()
+    finally:
+        dd.shutdown()
+    if not trainer.dist.is_main:
+        return {}  # rank 0 evaluates, summarises and writes
     summary: dict[str, Any] = {"model": str(path), "steps": trainer.step, "epochs": trainer.epoch,
                                "train_seconds": round(trainer.elapsed, 1)}
     if built.after is not None:

@@ -14,7 +14,7 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 import torch
 
@@ -107,13 +107,13 @@ def train_autoencoder(args: argparse.Namespace, tcfg: TrainConfig, splits, budge
     length = {"time_budget": budget} if budget else {"epochs": _opt(args, "ae_epochs", AE_FLAGS)}
     acfg = TrainConfig(out=str(Path(tcfg.out) / "autoencoder"), **AE_DEFAULTS, lr=_opt(args, "ae_lr", AE_FLAGS),
                        log_every=tcfg.log_every, seed=tcfg.seed, progress=tcfg.progress,
-                       matmul_precision=tcfg.matmul_precision, **length)
+                       precision=tcfg.precision, device=tcfg.device, **length)
     model = Autoencoder(cfg)
     # no validation pass: it would cost a forward over the validation split of this stage's few minutes
     trainer = Trainer(model, acfg, ImageBatches(splits.train, acfg.batch_size, drop_last=True), None,
                       provenance={"dataset": splits.dataset, "train_images": len(splits.train), "stage": "autoencoder"})
     path = trainer.fit()
-    return export.load(path)
+    return cast(Autoencoder, export.load(path))
 
 
 def load_autoencoder(path: Path) -> Autoencoder:
@@ -121,7 +121,7 @@ def load_autoencoder(path: Path) -> Autoencoder:
     if info.kind != "autoencoder":
         raise GenloomError(f"{path}: is a {info.kind!r} model, not an autoencoder; pass "
                            f"OUT/autoencoder/model.safetensors of an earlier `genloom train flow` run")
-    return export.load(path)
+    return cast(Autoencoder, export.load(path))
 
 
 @torch.inference_mode()

@@ -42,6 +42,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "loss": "wgan-gp", "arch": "conv", "dim": 64, "kernel": 5, "batch_size": 50, "lr": 1e-4,
                   "betas": (0.5, 0.9), "n_critic": 5, "gp_weight": 10.0, "ema_kimg": 0.0},
     "quick": {"_doc": "2 epochs, for a first look", "epochs": 2},
+    # What `genloom quickstart` trains: the default R3GAN at 5x the learning rate, for a fixed number of steps
+    # (so its FID does not depend on the machine's speed). docs/benchmarks.md, "Quickstart GAN".
+    "quickstart": {"_doc": "genloom quickstart's GAN: the default R3GAN at lr 1e-3 for 1200 generator steps "
+                           "(FID ≤ 60; docs/benchmarks.md)",
+                   "lr": 1e-3, "steps": 1200, "epochs": None},
 }
 
 
@@ -148,6 +153,6 @@ def _choose_and_export(args: argparse.Namespace, path: Path, trainer, splits) ->
         labels = torch.arange(100) % 10 if model.config.num_classes else None
         imgs = model.generate(100 if labels is not None else 64, generator=torch.Generator().manual_seed(1234),
                               labels=labels)
-    save_grid(imgs.float().numpy(), Path(trainer.out) / "samples" / "final.png",
+    save_grid(imgs.float().cpu().numpy(), Path(trainer.out) / "samples" / "final.png",
               nrow=10 if labels is not None else None)
     return out

@@ -1,9 +1,11 @@
 """One Trainer for every model family: the model owns its loss and its step (``train_step``); the Trainer owns
-the loop, schedules, clipping, validation, early stopping, checkpoints, resume, signals, logging and export."""
+the loop, schedules, clipping, validation, early stopping, checkpoints, resume, signals, logging and export —
+on any device, in any precision, in one process or data-parallel over many (``distributed.py``)."""
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import signal
 import sys
@@ -18,13 +20,14 @@ from tqdm import tqdm
 
 from genloom import export
 from genloom.data.batches import BatchSource
+from genloom.device import resolve_device
 from genloom.errors import ConfigError, GenloomError
 from genloom.models.base import GenerativeModel, LossOutput
+from genloom.training import distributed as dd
+from genloom.training import precision as prec
 from genloom.training.allocator import keep_freed_memory
-from genloom.training.checkpoint import load_checkpoint, save_checkpoint
+from genloom.training.checkpoint import keep_step_copy, load_checkpoint, save_checkpoint
 from genloom.training.metrics import MetricsLog, plot_loss_curve
-from genloom.training.precision import CHOICES as PRECISIONS
-from genloom.training.precision import matmul_precision
 from genloom.training.schedules import SCHEDULES, lr_factor
 
 
@@ -48,20 +51,25 @@ class TrainConfig:
     patience: int | None = None  # early stopping: validations without improvement ≥ min_delta
     min_delta: float = 0.0
     checkpoint_every: int = 1  # epochs (also: at every validation when val_every is set)
+    checkpoint_steps: int | None = None  # also every N steps: last.pt and a kept copy step-NNNNNNNN.pt
+    keep_checkpoints: int = 3  # step-*.pt copies kept (the oldest are deleted)
+    tensorboard: bool = True  # TensorBoard event files beside metrics.jsonl (training/tensorboard.py)
     log_every: int = 10
     seed: int = 0
     progress: bool = True
-    matmul_precision: str = "ieee"  # ieee | bf16 | auto: float32 matmuls exact or in bf16 on oneDNN (precision.py)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (genloom/device.py)
+    precision: str = "fp32"  # auto | fp32 | bf16 | fp16 (train/precision.py; the CLI's default is auto)
+    compile: bool = False  # torch.compile the model's loss
 
     def __post_init__(self) -> None:
         if self.epochs is None and self.steps is None and self.time_budget is None:
             raise ConfigError("give --epochs, --steps or --time-budget")
-        if self.matmul_precision not in PRECISIONS:
-            raise ConfigError(f"matmul_precision must be one of {', '.join(PRECISIONS)}, "
-                             f"not {self.matmul_precision!r}")
+        if self.precision not in prec.CHOICES:
+            raise ConfigError(f"precision must be one of {', '.join(prec.CHOICES)}, not {self.precision!r}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        for name in ("epochs", "steps", "batch_size", "log_every", "checkpoint_every"):
+        for name in ("epochs", "steps", "batch_size", "log_every", "checkpoint_every", "checkpoint_steps",
+                     "keep_checkpoints"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"{name} must be ≥ 1, got {v}")
@@ -74,9 +82,33 @@ class Trainer:
                  *, provenance: dict[str, Any] | None = None,
                  on_epoch_end: list[Callable[["Trainer"], None]] | None = None,
                  on_step: Callable[["Trainer", LossOutput], None] | None = None,
-                 resume: bool = False, resume_cmd: str | None = None) -> None:
-        self.model, self.cfg, self.train_src, self.val_src = model, cfg, train, val
+                 resume: bool | str | Path = False, resume_cmd: str | None = None) -> None:
+        self.model, self.cfg = model, cfg
         keep_freed_memory()  # no page faults for the same activations every step (allocator.py)
+        self.device = resolve_device(cfg.device)
+        self.dist = dd.init(self.device)  # world 1 unless launched by torchrun
+        if self.dist.enabled:
+            groups = getattr(model, "batch_groups", 1)  # the GAN: n_critic minibatches per step
+            per = cfg.batch_size
+            if per < self.dist.world:
+                raise GenloomError(f"--batch-size {per} is smaller than the {self.dist.world} processes; the "
+                                   f"batch size is global: use at least {self.dist.world}")
+            if not hasattr(train, "sharded"):
+                raise GenloomError(f"{type(train).__name__} cannot be sharded over processes yet; train this "
+                                   f"family without --nproc / torchrun")
+            train = train.sharded(self.dist.rank, self.dist.world, groups=groups)  # type: ignore[attr-defined]
+            if val is not None:
+                val = val.sharded(self.dist.rank, self.dist.world, skip_small=False)  # type: ignore[attr-defined]
+        model.to(self.device)
+        for src in (train, val):
+            if src is not None and hasattr(src, "to"):
+                src.to(self.device)
+        self.train_src, self.val_src = train, val
+        self.plan: prec.Plan | None = None
+        self._scalers: dict[str, Any] = {}
+        self._flags = torch.zeros(dd.N_FLAGS)  # local stop wishes sent with the next gradient all-reduce
+        self._remote_flags: torch.Tensor | None = None
+        self._grad_weight = 1.0
         self.out = Path(cfg.out)
         self.ckpt_dir = self.out / "checkpoints"
         self.provenance = dict(provenance or {})
@@ -107,25 +139,63 @@ class Trainer:
         self._last_val_step = -1
         self.losses: list[float] = []
         self._stop_reason: str | None = None
-        resume_step = self._resume() if resume else None
-        self.log = MetricsLog(self.out / "metrics.jsonl", resume_step=resume_step)
+        # resume=True: OUT/checkpoints/last.pt; a path: that checkpoint file, or that run directory's last.pt
+        resume_step = self._resume(self._resume_path(resume)) if resume else None
+        self.log = MetricsLog(self.out / "metrics.jsonl", resume_step=resume_step, tensorboard=cfg.tensorboard) \
+            if self.dist.is_main else _NoLog()
+        if self.dist.enabled:
+            dd.broadcast_module(self.model)  # the same start everywhere, whatever the seeds did
 
     # -- hooks used by model.train_step -----------------------------------------------------------------
     def clip_and_step(self, name: str, loss: torch.Tensor, *, params: list[torch.nn.Parameter] | None = None) -> float:
         """Backward, global-norm clip (if configured), optimizer step. Returns the pre-clip gradient norm."""
         opt = self.optimizers[name]
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = math.nan
+        scaler = self._scalers.get(name)
+        if self._grad_weight != 1.0:  # this rank's share of an uneven global batch (distributed.py)
+            loss = loss * self._grad_weight
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        ps = params if params is not None else [p for g in opt.param_groups for p in g["params"]]
+        if self.dist.enabled:  # average the gradients by hand (double backward safe); stop flags ride along
+            self._remote_flags = dd.allreduce_grads(ps, self.dist.world, self._flags)
+        if scaler is not None:
+            scaler.unscale_(opt)
+        norm: torch.Tensor | float = math.nan
         if self.cfg.grad_clip or (self.step + 1) % self.cfg.log_every == 0:  # the norm costs a pass: only when used
-            ps = params if params is not None else [p for g in opt.param_groups for p in g["params"]]
             max_norm = self.cfg.grad_clip if self.cfg.grad_clip else math.inf
-            norm = float(torch.nn.utils.clip_grad_norm_(ps, max_norm, foreach=True))
-        opt.step()
-        return norm
+            norm = torch.nn.utils.clip_grad_norm_(ps, max_norm, foreach=True)  # a tensor: no host sync here
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        return norm  # type: ignore[return-value]  # a 0-d tensor: read later, without a sync here
 
     def request_stop(self, reason: str = "stop requested") -> None:
+        """Stop after this step. Call it for decisions every rank makes alike (validation, step counts); a
+        decision one rank makes alone (signal, clock, a non-finite loss) goes through ``_local_stop``."""
         self._stop_reason = reason
+
+    def _local_stop(self, flag: int, reason: str) -> None:
+        if not self.dist.enabled:
+            self._stop_reason = reason
+        else:  # sent to every rank with the next gradient all-reduce; all stop at the same step
+            self._flags[flag] = 1.0
+            self._local_reason = reason
+
+    def _apply_remote_flags(self) -> None:
+        f = self._remote_flags
+        if f is None or self._stop_reason:
+            return
+        self._remote_flags = None
+        if f[dd.FLAG_SIGNAL] > 0:
+            self._stop_reason = "interrupted (signal)"
+        elif f[dd.FLAG_NONFINITE] > 0:
+            self._stop_reason = getattr(self, "_local_reason", None) if self._flags[dd.FLAG_NONFINITE] else None
+            self._stop_reason = self._stop_reason or f"non-finite loss on another rank at step {self.step}: " \
+                                                     f"lower --lr or set --grad-clip"
+        elif f[dd.FLAG_TIME] > 0:
+            self._stop_reason = f"time budget of {self.cfg.time_budget:g} s spent"
 
     # -- state ----------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -136,22 +206,30 @@ class Trainer:
                         "elapsed": self.elapsed, "best_val": self.best_val, "best_step": self.best_step,
                         "bad_validations": self.bad_validations, "config": dataclasses.asdict(self.cfg)},
             "best_model": self.best_state,
-            "rng": {"torch": torch.get_rng_state(), "epoch_data": self.epoch_gen_state},
+            "rng": {"torch": torch.get_rng_state(), "epoch_data": self.epoch_gen_state,
+                    **({"cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {})},
         }
 
     def save_checkpoint(self, name: str = "last.pt") -> Path:
         path = self.ckpt_dir / name
-        save_checkpoint(path, self._state())
+        if self.dist.is_main:  # rank 0 alone writes; every rank holds the same state
+            save_checkpoint(path, self._state())
         return path
 
-    def _resume(self) -> int:
-        ck = load_checkpoint(self.ckpt_dir / "last.pt")
+    def _resume_path(self, resume: bool | str | Path) -> Path:
+        if resume is True:
+            return self.ckpt_dir / "last.pt"
+        p = Path(resume)
+        return p / "checkpoints" / "last.pt" if p.is_dir() else p
+
+    def _resume(self, path: Path) -> int:
+        ck = load_checkpoint(path)
         try:
             self.model.load_state_dict(ck["model"])
             for k, o in self.optimizers.items():
                 o.load_state_dict(ck["optimizers"][k])
         except (KeyError, RuntimeError, ValueError) as e:
-            raise GenloomError(f"{self.ckpt_dir / 'last.pt'}: does not match this model/config ({e}); use the "
+            raise GenloomError(f"{path}: does not match this model/config ({e}); use the "
                                f"same flags as the original run or a new --out") from None
         t = ck["trainer"]
         self.step, self.epoch, self.batch_in_epoch = t["step"], t["epoch"], t["batch_in_epoch"]
@@ -159,8 +237,14 @@ class Trainer:
         self.bad_validations = t["bad_validations"]
         self.best_state = ck.get("best_model")
         torch.set_rng_state(ck["rng"]["torch"])
+        if self.device.type == "cuda" and "cuda" in ck["rng"]:
+            torch.cuda.set_rng_state(ck["rng"]["cuda"], self.device)
         self.epoch_gen_state = ck["rng"]["epoch_data"]
         self._resumed_mid_epoch = True
+        self.resumed_from = path
+        if self.dist.is_main:
+            print(f"Resumed from {path} (step {self.step}, epoch {self.epoch}, {self.elapsed:.0f} s trained)",
+                  file=sys.stderr)
         return self.step
 
     # -- validation -----------------------------------------------------------------------------------------
@@ -170,20 +254,27 @@ class Trainer:
         validation never shifts the training randomness."""
         assert self.val_src is not None
         self.model.eval()
-        tot = n = 0.0
-        sums: dict[str, float] = {}
-        with torch.random.fork_rng(devices=[]):
+        tot: torch.Tensor | float = 0.0
+        n = 0.0
+        sums: dict[str, Any] = {}
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.cfg.seed + 1)
             g = torch.Generator().manual_seed(self.cfg.seed + 1)
             for i, batch in enumerate(self.val_src.epoch(g)):
                 if self.cfg.val_batches is not None and i >= self.cfg.val_batches:
                     break
+                self.model.row_shard = getattr(self.val_src, "current", None)
+                if batch[0].numel() == 0:  # a small last batch under data parallelism: another rank's
+                    continue
                 out = self.model.loss(batch)
-                tot += float(out.loss) * out.n
+                tot = tot + out.loss.detach().double() * out.n
                 n += out.n
                 for k, v in out.metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v * out.n
+                    sums[k] = sums.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float64) * out.n
+        self.model.row_shard = None
         self.model.train()
+        tot, n, sums = self._sum_over_ranks(tot, n, sums)
         val = tot / max(n, 1)
         self.last_val = val
         self._last_val_step = self.step
@@ -199,6 +290,18 @@ class Trainer:
                 self.request_stop(f"early stopping: no improvement for {self.bad_validations} validations "
                                   f"(best {self.best_val:.4f} at step {self.best_step})")
         return val
+
+    def _sum_over_ranks(self, tot: Any, n: float, sums: dict[str, Any]) -> tuple[float, float, dict[str, float]]:
+        """Host floats of a weighted sum, its count and metric sums — added up over ranks (one collective)."""
+        keys = sorted(sums)
+        if self.dist.enabled:  # the metric names from rank 0 (a rank may have seen no batch)
+            box = [keys]
+            torch.distributed.broadcast_object_list(box, src=0)
+            keys = box[0]
+        vals = torch.tensor([float(tot), float(n)] + [float(sums.get(k, 0.0)) for k in keys], dtype=torch.float64)
+        if self.dist.enabled:
+            dd.allreduce_sum(vals)
+        return float(vals[0]), float(vals[1]), {k: float(v) for k, v in zip(keys, vals[2:])}
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def _set_lr(self, t0: float) -> float:
@@ -218,47 +321,123 @@ class Trainer:
         if self.total_steps is not None and self.step >= self.total_steps:
             self._stop_reason = "done"
         elif self.cfg.time_budget is not None and self.elapsed + time.monotonic() - t0 >= self.cfg.time_budget:
-            self._stop_reason = f"time budget of {self.cfg.time_budget:g} s spent"
+            self._local_stop(dd.FLAG_TIME, f"time budget of {self.cfg.time_budget:g} s spent")
         return self._stop_reason is not None
 
     def fit(self) -> Path:
-        """Train until steps/epochs/time budget/early stop/SIGINT; export the best weights; return the file."""
-        prev = signal.getsignal(signal.SIGINT)
-        interrupted = []
+        """Train until steps/epochs/time budget/early stop/SIGINT/SIGTERM; export the best weights (rank 0);
+        return the file. A signal on any rank stops every rank at the same step, after a checkpoint."""
+        handled = (signal.SIGINT, signal.SIGTERM)
+        prev = {sig: signal.getsignal(sig) for sig in handled}
 
-        def on_sigint(signum, frame):  # first Ctrl-C: stop after this step; second: default behaviour
-            interrupted.append(True)
-            self.request_stop("interrupted (Ctrl-C)")
-            signal.signal(signal.SIGINT, prev)
+        def on_signal(signum, frame):  # first signal: stop after this step; a second one: default behaviour
+            what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            self._local_stop(dd.FLAG_SIGNAL, f"interrupted ({what})")
+            signal.signal(signum, prev[signum])
 
         in_main = threading.current_thread() is threading.main_thread()
         if in_main:
-            signal.signal(signal.SIGINT, on_sigint)
+            for sig in handled:
+                signal.signal(sig, on_signal)
         try:
             self._loop()
+        except RuntimeError as e:  # a collective failed: another rank died (gloo: its sockets closed)
+            lost = isinstance(e, getattr(torch.distributed, "DistError", ())) or "closed by peer" in str(e) \
+                or "Connection reset" in str(e)
+            if not self.dist.enabled or not lost:
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise GenloomError(f"rank {self.dist.rank}: lost another process of this run at step {self.step} "
+                               f"({first[:160]}); resume with: {self.resume_cmd or 'the same command with --resume'}"
+                               ) from None
         finally:
             if in_main:
-                signal.signal(signal.SIGINT, prev)
+                for sig in handled:
+                    signal.signal(sig, prev[sig])
             self.log.close()
-        if interrupted:
-            cmd = self.resume_cmd or "the same command with --resume"
-            print(f"Interrupted at step {self.step}; checkpoint saved to {self.ckpt_dir / 'last.pt'}. "
-                  f"Resume with: {cmd}", file=sys.stderr)
+        if self._stop_reason and self._stop_reason.startswith("interrupted"):
+            if self.dist.is_main:
+                cmd = self.resume_cmd or "the same command with --resume"
+                print(f"Interrupted at step {self.step}; checkpoint saved to {self.ckpt_dir / 'last.pt'}. "
+                      f"Resume with: {cmd}", file=sys.stderr)
             raise KeyboardInterrupt
-        return self.finish()
+        path = self.finish()
+        if self.dist.enabled:
+            torch.distributed.barrier()  # the export is on disk before any rank reads it
+        return path
 
     def _loop(self) -> None:
-        with matmul_precision(self.cfg.matmul_precision) as used:
-            self.provenance["matmul_precision"] = used
-            self._train_until_done()
+        self.plan = self._precision_plan()
+        self.provenance.update(precision=self.plan.precision, device=str(self.device.type),
+                               world_size=self.dist.world)
+        if self.plan.grad_scaler:
+            self._scalers = {k: torch.amp.GradScaler(self.device.type) for k in self.optimizers}
+        compiled = self.cfg.compile
+        if compiled:  # the loss, where the model's math is; the module itself (and its state_dict keys) stay as is
+            self.model.loss = torch.compile(type(self.model).loss.__get__(self.model))  # type: ignore[method-assign]
+        try:
+            with prec.applied(self.plan):
+                self._train_until_done()
+        finally:
+            if compiled:
+                del self.model.loss  # back to the class's method
+
+    def _precision_plan(self) -> prec.Plan:
+        """Resolve --precision; ``auto`` on a CPU measures (train/precision.py). Under data parallelism every
+        rank uses rank 0's verdict."""
+        cpu_bf16 = getattr(self.model, "cpu_bf16", "autocast")
+        probe = key = None
+        if self.cfg.precision == "auto" and self.device.type == "cpu":
+            batch = next(iter(self.train_src.epoch(torch.Generator().manual_seed(12345))), None)
+            if batch is not None:
+                shape = tuple(batch[0].shape)
+                key = prec.model_key(self.model.kind, _config_json(self.model), shape) + f" world {self.dist.world}"
+                probe = lambda: self._probe(batch, cpu_bf16)  # noqa: E731
+        p = prec.plan(self.cfg.precision, self.device, cpu_bf16=cpu_bf16, probe=probe, probe_key=key or "")
+        if self.dist.enabled:
+            choice = torch.tensor([1.0 if p.precision == "bf16" else 0.0])
+            torch.distributed.broadcast(choice, src=0)
+            want = "bf16" if float(choice) > 0 else "fp32"
+            if want != p.precision:
+                p = prec.plan(want, self.device, cpu_bf16=cpu_bf16)
+                p = dataclasses.replace(p, how="rank 0's choice")
+        return p
+
+    def _probe(self, batch: Any, cpu_bf16: str) -> tuple[float, float]:
+        """Seconds per training step in fp32 and bf16, on a copy of the model and optimizers (the run's
+        weights, optimizer state and RNG streams are untouched)."""
+        model = copy.deepcopy(self.model)
+        model.row_shard = getattr(self.train_src, "current", None)
+        opts = model.configure_optimizers(self.cfg)
+        hooks = _ProbeHooks(opts)
+        plans = {m: prec.plan(m, self.device, cpu_bf16=cpu_bf16) for m in ("fp32", "bf16")}
+
+        def step(mode: str) -> None:
+            with prec.applied(plans[mode]), prec.autocast(plans[mode]):
+                model.train_step(batch, opts, 0, hooks)
+
+        with torch.random.fork_rng(devices=[]):
+            return prec.time_alternating(step)
+
+    def _reduce_train(self, out: LossOutput) -> tuple[float, dict[str, float]]:
+        """The step's loss and metrics as host floats, averaged over ranks weighted by each rank's items."""
+        keys = sorted(out.metrics)
+        vals = [out.loss.detach().double() * out.n, torch.tensor(float(out.n), dtype=torch.float64)]
+        vals += [torch.as_tensor(out.metrics[k], dtype=torch.float64).to(vals[0].device) * out.n for k in keys]
+        t = torch.stack([v.to(vals[0].device).reshape(()) for v in vals]).cpu()  # one host sync, at log steps
+        if self.dist.enabled:
+            dd.allreduce_sum(t)
+        n = float(t[1])
+        return float(t[0]) / n, {k: float(v) / n for k, v in zip(keys, t[2:])}
 
     def _train_until_done(self) -> None:
         self.model.train()
         t0 = time.monotonic()
         max_epochs = self.cfg.epochs if self.cfg.epochs is not None else 10**9
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.cfg.progress, unit="step",
-                   dynamic_ncols=True, leave=True)
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.cfg.progress or not self.dist.is_main,
+                   unit="step", dynamic_ncols=True, leave=True)
         samples_seen, t_rate = 0, time.monotonic()
+        check_every_step = self.device.type == "cpu"  # a host read of the loss costs nothing on a CPU
         try:
             while self.epoch < max_epochs and not self._done(t0):
                 if self.batch_in_epoch == 0:
@@ -267,26 +446,38 @@ class Trainer:
                     self.data_gen.set_state(self.epoch_gen_state)
                 for batch in self.train_src.epoch(self.data_gen, start=self.batch_in_epoch):
                     lr = self._set_lr(t0)
-                    out = self.model.train_step(batch, self.optimizers, self.step, self)
+                    shard = getattr(self.train_src, "current", None)
+                    self.model.row_shard = shard
+                    if shard is not None:  # an uneven split: weight the local mean by its share of the batch
+                        self._grad_weight = (shard.hi - shard.lo) * self.dist.world / shard.n
+                    with prec.autocast(self.plan):
+                        out = self.model.train_step(batch, self.optimizers, self.step, self)
                     self.step += 1
                     self.batch_in_epoch += 1
-                    loss = out.loss.item()
-                    if not math.isfinite(loss):
-                        self.request_stop(f"loss is {loss} at step {self.step}: lower --lr or set --grad-clip")
-                    self.losses.append(loss)
                     samples_seen += out.n
-                    if self.step % self.cfg.log_every == 0:
+                    log_now = self.step % self.cfg.log_every == 0
+                    if check_every_step or log_now:  # reading the flags syncs a GPU: every rank reads at the
+                        self._apply_remote_flags()  # same steps, so every rank still stops at the same step
+                    if check_every_step or log_now:
+                        loss = float(out.loss.detach())
+                        if not math.isfinite(loss):
+                            self._local_stop(dd.FLAG_NONFINITE, f"loss is {loss} at step {self.step}: lower --lr "
+                                                                f"or set --grad-clip")
+                    if log_now:
+                        loss, metrics = self._reduce_train(out)
                         now = time.monotonic()
-                        rate = samples_seen / max(now - t_rate, 1e-9)
+                        rate = samples_seen * self.dist.world / max(now - t_rate, 1e-9)
                         samples_seen, t_rate = 0, now
                         self.log.write({"type": "train", "step": self.step, "epoch": self.epoch, "loss": loss,
-                                        "lr": lr, "samples_per_s": rate, **out.metrics})
-                        shown = {k: f"{out.metrics[k]:.4g}" for k in getattr(self.model, "progress_metrics", ())
-                                 if k in out.metrics}  # a model may name metrics for the bar (GAN: d/g loss)
+                                        "lr": lr, "samples_per_s": rate, **metrics})
+                        shown = {k: f"{metrics[k]:.4g}" for k in getattr(self.model, "progress_metrics", ())
+                                 if k in metrics}  # a model may name metrics for the bar (GAN: d/g loss)
                         bar.set_postfix(loss=f"{loss:.4g}", samples_s=f"{rate:.0f}", **shown, refresh=False)
                     bar.update(1)
                     if self.on_step:
                         self.on_step(self, out)
+                    if self.cfg.checkpoint_steps and self.step % self.cfg.checkpoint_steps == 0:
+                        self._checkpoint(t0, keep_step=True)
                     if self.cfg.val_every and self.step % self.cfg.val_every == 0 and self.val_src is not None:
                         self.validate()
                         self._checkpoint(t0)
@@ -299,35 +490,101 @@ class Trainer:
                         self.validate()
                     bar.set_description(f"epoch {self.epoch}" + (f" val {self.last_val:.4g}"
                                                                  if self.last_val is not None else ""))
-                    for cb in self.on_epoch_end:
-                        cb(self)
+                    if self.dist.is_main:  # sample grids and other per-epoch files: rank 0 alone
+                        for cb in self.on_epoch_end:
+                            cb(self)
                     if self.epoch % self.cfg.checkpoint_every == 0 or self._done(t0):
                         self._checkpoint(t0)
                     continue
                 break  # stopped mid-epoch
-            if (self.val_src is not None and self.cfg.val_every and self._last_val_step != self.step
-                    and self._stop_reason is not None and not self._stop_reason.startswith("interrupted")):
-                self.validate()  # score the final steps too, so they can be the ones exported
+            stop = self._stop_reason or ""
+            length_spent = stop == "done" or stop.startswith("time budget")  # not a request, not a signal
+            unscored = self.val_src is not None and self._last_val_step != self.step
+            if unscored and (length_spent or (self.cfg.val_every and stop and not stop.startswith("interrupted"))):
+                # score the final steps too, so they can be the ones exported: a time budget ends mid-epoch, just
+                # after the schedule has annealed the LR, and those last steps are usually the best ones
+                self.validate()
             self._checkpoint(t0)
         finally:
+            self.model.row_shard = None
             bar.close()
             self.elapsed += time.monotonic() - t0
 
-    def _checkpoint(self, t0: float) -> None:
+    def _checkpoint(self, t0: float, *, keep_step: bool = False) -> None:
         elapsed, self.elapsed = self.elapsed, self.elapsed + time.monotonic() - t0
-        self.save_checkpoint("last.pt")
+        path = self.save_checkpoint("last.pt")
+        if keep_step and self.dist.is_main:  # --checkpoint-steps: a copy per step count, the newest keep_checkpoints of them kept
+            keep_step_copy(path, self.step, keep=self.cfg.keep_checkpoints)
         self.elapsed = elapsed
 
     def finish(self) -> Path:
-        """Export the best weights (or the last, without validation), write the loss curve, return the file."""
+        """Export the best weights (or the last, without validation), write the loss curve, return the file.
+        Under data parallelism rank 0 alone writes; the others return the same path."""
+        path = self.out / "model.safetensors"
+        if not self.dist.is_main:
+            return path
         if self._stop_reason and self._stop_reason != "done":
             print(f"Stopped: {self._stop_reason}", file=sys.stderr)
         model = self.model
         if self.best_state is not None:
             model = copy.deepcopy(self.model)
             model.load_state_dict(self.best_state)
-        prov = {**self.provenance, "steps": self.step, "epochs": self.epoch, "train_seconds": round(self.elapsed, 2),
+        prov = {**self.provenance, "peak_memory_mb": round(_peak_memory_mb(self.device), 1),
+                "steps": self.step, "epochs": self.epoch, "train_seconds": round(self.elapsed, 2),
                 "best_val_loss": None if math.isinf(self.best_val) else self.best_val}
-        path = export.save(model, self.out / "model.safetensors", provenance=prov)
+        path = export.save(model, path, provenance=prov)
         plot_loss_curve(self.out / "metrics.jsonl", self.out / "loss.png", title=f"{model.kind} training")
         return path
+
+
+class _NoLog:
+    """Ranks other than 0 write no metrics (nor TensorBoard images and text)."""
+
+    tb = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def image(self, tag: str, step: int, img: Any) -> None:
+        pass
+
+    def text(self, tag: str, step: int, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _ProbeHooks:
+    """The Trainer hooks a model's ``train_step`` uses, for the precision probe's throwaway copy."""
+
+    def __init__(self, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        self.optimizers = optimizers
+
+    def clip_and_step(self, name: str, loss: torch.Tensor, *, params: list[torch.nn.Parameter] | None = None
+                      ) -> float:
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return math.nan
+
+
+def _config_json(model: torch.nn.Module) -> str:
+    cfg = getattr(model, "config", None)
+    try:
+        return json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    except TypeError:
+        return repr(cfg)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """CUDA: the most memory torch allocated on the device; elsewhere the process's peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    except (ImportError, OSError):
+        return float("nan")

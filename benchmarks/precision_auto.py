@@ -1,0 +1,99 @@
+"""`--precision auto` vs `--precision fp32`, per family, side by side on this machine's CPU.
+
+For each family the recipe builds the model and its data exactly as `genloom train` does; a Trainer resolves
+`--precision auto` the way a run does (its start-up probe, in a fresh cache dir); then the training step (forward,
+backward, optimizer step, on a copy of the model and optimizers) is timed under the fp32 plan and under the plan
+`auto` chose, in alternating rounds (so load from other processes hits both alike), median per step.
+
+    python benchmarks/precision_auto.py [--threads 2] [--seconds 20] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+CASES = {
+    # name: (family, options of genloom.train)
+    "vae": ("vae", {}),
+    "gan": ("gan", {"select_samples": 0}),
+    "lm-quick": ("lm", {"preset": "quick"}),
+    "lm-medium": ("lm", {"preset": "medium"}),
+}
+
+
+def measure(case: str, seconds: float, tmp: str) -> dict:
+    import torch
+
+    from genloom.api import train_args
+    from genloom.recipes import recipe
+    from genloom.recipes.common import train_config
+    from genloom.training import precision as prec
+    from genloom.training.trainer import Trainer, _ProbeHooks
+
+    family, opts = CASES[case]
+    args = train_args(family, out=os.path.join(tmp, case), **opts)
+    rec = recipe(family)
+    tcfg = dataclasses.replace(train_config(args, rec), precision="auto", device="cpu", progress=False)
+    torch.manual_seed(0)
+    built = rec.build(args, tcfg)
+    tr = Trainer(built.model, tcfg, built.train, built.val)
+    t0 = time.perf_counter()
+    auto = tr._precision_plan()  # the probe a run does at start-up (fresh cache: it really measures)
+    probe_s = time.perf_counter() - t0
+    plans = {"fp32": prec.plan("fp32", tr.device), "auto": auto}
+    batch = next(iter(tr.train_src.epoch(torch.Generator().manual_seed(1))))
+    model = copy.deepcopy(tr.model)
+    opts_ = model.configure_optimizers(tcfg)
+    hooks = _ProbeHooks(opts_)
+
+    def step(side: str) -> None:
+        with prec.applied(plans[side]), prec.autocast(plans[side]):
+            model.train_step(batch, opts_, 0, hooks)
+
+    for side in ("fp32", "auto"):  # warm-up
+        step(side)
+    t: dict[str, list[float]] = {"fp32": [], "auto": []}
+    end = time.monotonic() + seconds
+    r = 0
+    while time.monotonic() < end or r < 6:
+        for side in (("fp32", "auto") if r % 2 == 0 else ("auto", "fp32")):
+            t0 = time.perf_counter()
+            step(side)
+            t[side].append(time.perf_counter() - t0)
+        r += 1
+    f32, au = statistics.median(t["fp32"]), statistics.median(t["auto"])
+    return {"auto_chose": auto.precision, "how": auto.how, "probe_s": round(probe_s, 2), "steps_each": r,
+            "fp32_ms": round(f32 * 1e3, 2), "auto_ms": round(au * 1e3, 2), "auto_over_fp32": round(au / f32, 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=20.0, help="timing per case (at least 6 rounds)")
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        os.environ["XDG_CACHE_HOME"] = os.path.join(d, "cache")  # a fresh probe, not a cached verdict
+        import torch
+
+        torch.set_num_threads(a.threads)
+        out = {c: measure(c, a.seconds, d) for c in a.cases.split(",")}
+    if a.json:
+        print(json.dumps(out))
+        return
+    print(f"{'case':<10} {'fp32':>10} {'auto':>10} {'auto/fp32':>10}  auto chose (probe)")
+    for c, o in out.items():
+        print(f"{c:<10} {o['fp32_ms']:>7.1f} ms {o['auto_ms']:>7.1f} ms {o['auto_over_fp32']:>9.3f}x  "
+              f"{o['auto_chose']} ({o['how']}, {o['probe_s']} s)", file=sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

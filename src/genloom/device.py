@@ -1,0 +1,46 @@
+"""``--device auto|cpu|cuda|cuda:N|mps``: one resolution rule for every command that runs a model.
+
+``auto`` is CUDA when a CUDA device is present (``cuda:LOCAL_RANK`` under ``torchrun``), else the CPU. MPS is
+used only when asked for: its kernels are not faster than the CPU for every model here.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from genloom.errors import GenloomError
+
+CHOICES_HELP = "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps"
+
+
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """The torch.device for ``spec``; a clear ``GenloomError`` when the device is not there."""
+    if isinstance(spec, torch.device):
+        return spec
+    s = (spec or "auto").strip().lower()
+    if s == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        return torch.device("cpu")
+    if s == "cpu":
+        return torch.device("cpu")
+    if s == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise GenloomError("--device mps: no Apple MPS device here; use --device cpu or auto")
+        return torch.device("mps")
+    if s == "cuda" or s.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise GenloomError(f"--device {spec}: no CUDA device available (this torch: {torch.__version__}); "
+                               f"use --device cpu or auto")
+        if s == "cuda":
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        try:
+            idx = int(s.split(":", 1)[1])
+        except ValueError:
+            raise GenloomError(f"--device {spec}: expected cuda:N with an integer N") from None
+        if not 0 <= idx < torch.cuda.device_count():
+            raise GenloomError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) here "
+                               f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+        return torch.device("cuda", idx)
+    raise GenloomError(f"--device {spec!r}: choose {CHOICES_HELP}")
