@@ -242,6 +242,7 @@ def bench_flow(tmp: str, *, runs: int, repeats: int, n: int = 64) -> list[Row]:
     ``genloom.engine.load`` with its default backend. ``ratio`` = p50 / the GAN's p50."""
     from genloom import export
     from genloom.engine import load
+    from genloom.engine.flow import FlowEngine
     from genloom.models.flow import FlowConfig, FlowModel, network_evaluations
     from genloom.recipes.gan import DEFAULT_LOSS, LOSS_DEFAULTS
 
@@ -250,12 +251,16 @@ def bench_flow(tmp: str, *, runs: int, repeats: int, n: int = 64) -> list[Row]:
                            os.path.join(tmp, "gan-default.safetensors")))
     cfg = FlowConfig()
     flow = load(export.save(FlowModel(cfg), os.path.join(tmp, "flow-default.safetensors")))
+    assert isinstance(flow, FlowEngine)
     variants: dict[str, Callable[[], Any]] = {"gan": lambda: gan.sample(n, seed=0)}
     settings = [(cfg.sampler, cfg.sample_steps), ("heun", 2), ("euler", 4), ("euler", 1)]  # default first
     for sampler, steps in settings:
         name = f"flow {sampler} {steps} ({network_evaluations(steps, sampler)} NFE)"
         # at the file's default guidance (w ≠ 1 runs the conditional and unconditional rows as one 2n batch)
-        variants[name] = (lambda s=sampler, k=steps: flow.sample(n, seed=0, steps=k, sampler=s))
+        def call(s: str = sampler, k: int = steps) -> Any:
+            return flow.sample(n, seed=0, steps=k, sampler=s)
+
+        variants[name] = call
     return timed_rows(f"{n} images: flow (DiT {cfg.depth}×{cfg.dim}) vs the default GAN", variants, runs=runs,
                       repeats=repeats, items=n, unit="samples/s", warmup=1, chunk=1, baseline="gan")
 
