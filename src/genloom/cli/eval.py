@@ -81,7 +81,7 @@ def evaluate_vae(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]:
     model = _load(args, header)
     result = nelbo(model, _test_split(args, header), iwae_k=args.iwae_k, seed=args.seed)
     if getattr(args, "fid", False):  # the same FID evaluator as the GAN's, so the families compare
-        result.update(fid_result(args, header, model))
+        result.update(fid_result(args, header))
     return result
 
 
@@ -89,27 +89,33 @@ def _dataset(args: argparse.Namespace, header: ModelFile) -> str:
     return getattr(args, "dataset", None) or header.provenance.get("dataset") or "fashion-mnist"
 
 
-def fid_result(args: argparse.Namespace, header: ModelFile, model: torch.nn.Module) -> dict[str, Any]:
-    """{"fid", "fid_samples", "fid_classifier"} for ``model`` against the test split of its dataset."""
+def fid_result(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]:
+    """{"fid", "fid_samples", "fid_classifier"} for the model file against the test split of its dataset. The
+    samples are the engine's (``load(path).sample(n, seed=seed)``): the images ``genloom sample -n N --seed S``
+    writes, from the one noise source every path uses."""
     from genloom.data.images import load_images
-    from genloom.eval.fid import fid, find_classifier, load_classifier, real_stats
+    from genloom.engine import load
+    from genloom.engine.base import MAX_N
+    from genloom.eval.fid import features, feature_stats, find_classifier, frechet_distance, load_classifier, \
+        real_stats
 
     n = getattr(args, "fid_samples", None) or 10_000
-    if n < 2:
-        raise GenloomError(f"--fid-samples must be ≥ 2 (10000 is the standard), got {n}")
+    if not 2 <= n <= MAX_N:
+        raise GenloomError(f"--fid-samples must be between 2 and {MAX_N} (10000 is the standard), got {n}")
     dataset = _dataset(args, header)
     cpath = find_classifier(getattr(args, "classifier", None), dataset=dataset)
     classifier = load_classifier(cpath, dataset=dataset)
     test = load_images(dataset, getattr(args, "data", None)).test
-    value = fid(model, classifier, test.images, n_samples=n, seed=getattr(args, "seed", 0),
-                real_stats=real_stats(cpath, classifier, test.images))
+    images = load(header.path).sample(n, seed=getattr(args, "seed", 0))  # (n, 28, 28) float32 in [0, 1]
+    with torch.inference_mode():
+        mu_g, s_g = feature_stats(features(classifier, torch.from_numpy(images)))
+    value = frechet_distance(*real_stats(cpath, classifier, test.images), mu_g, s_g)
     return {"fid": value, "fid_samples": n, "fid_classifier": cpath.name}
 
 
 def evaluate_gan(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]:
     """GAN: the FID of its samples (10,000 by default) against the test set."""
-    model = _load(args, header)
-    return fid_result(args, header, model)
+    return fid_result(args, header)  # sampled by the engine (CPU), whatever --device says
 
 
 def evaluate_flow(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]:
@@ -125,9 +131,9 @@ def evaluate_flow(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]
         raise GenloomError(f"--fid-samples must be ≥ 2 (10000 is the standard), got {n}")
     model = export.load(header.path)
     c = model.config
-    steps = c.sample_steps if args.steps is None else args.steps
-    guidance = c.guidance if args.guidance is None else args.guidance
-    sampler = args.sampler or c.sampler
+    steps = c.sample_steps if getattr(args, "steps", None) is None else args.steps
+    guidance = c.guidance if getattr(args, "guidance", None) is None else args.guidance
+    sampler = getattr(args, "sampler", None) or c.sampler
     if not 1 <= steps <= 256:
         raise GenloomError(f"--steps must be between 1 and 256, got {steps}")
     if not 0 <= guidance <= 20:

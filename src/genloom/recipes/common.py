@@ -81,8 +81,8 @@ def add_common_args(p: argparse.ArgumentParser, rec: ModuleType) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the model's loss (off by default: measured slower on CPU for these models, "
-                        "docs/benchmarks.md)")
+                   help="torch.compile the model's loss (off by default: no gain for the VAE; the LM step 0.70x but "
+                        "only after minutes of compiling; docs/benchmarks.md)")
     p.add_argument("--nproc", type=int, default=None,
                    help="data-parallel processes on this machine, launched through torch.distributed.run (same as "
                         "`torchrun --nproc-per-node N -m genloom train …`); --batch-size stays the global batch")
@@ -176,7 +176,8 @@ def run(rec: ModuleType, args: argparse.Namespace, *, resume_cmd: str | None = N
     torch.manual_seed(tcfg.seed)  # initialisation is part of the seeded run
     built: Built = rec.build(args, tcfg)
     tcfg = built.train_config or tcfg
-    write_resolved(Path(tcfg.out) / "config.toml", args.family, resolved_flags(args, rec, tcfg))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: rank 0 alone writes the run's files
+        write_resolved(Path(tcfg.out) / "config.toml", args.family, resolved_flags(args, rec, tcfg))
     trainer = Trainer(built.model, tcfg, built.train, built.val, provenance=built.provenance,
                       on_epoch_end=built.on_epoch_end, on_step=built.on_step, resume=args.resume,
                       resume_cmd=resume_cmd)

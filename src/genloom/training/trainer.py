@@ -513,7 +513,7 @@ class Trainer:
     def _checkpoint(self, t0: float, *, keep_step: bool = False) -> None:
         elapsed, self.elapsed = self.elapsed, self.elapsed + time.monotonic() - t0
         path = self.save_checkpoint("last.pt")
-        if keep_step:  # --checkpoint-steps: a copy per step count, the newest keep_checkpoints of them kept
+        if keep_step and self.dist.is_main:  # --checkpoint-steps: a copy per step count, the newest few kept
             keep_step_copy(path, self.step, keep=self.cfg.keep_checkpoints)
         self.elapsed = elapsed
 
