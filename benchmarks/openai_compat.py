@@ -47,6 +47,35 @@ def default_model(path: Path) -> Path:
     return save(TransformerLM(cfg, VOCAB), path)
 
 
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants (the HTTP process, its forkserver, the model worker process)."""
+    parents: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    tree, frontier = [root], [root]
+    while frontier:
+        frontier = [p for p, pp in parents.items() if pp in frontier]
+        tree += frontier
+    return tree
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """user + system CPU seconds of each live pid (/proc/PID/stat fields 14 and 15)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in pids:
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[pid] = (int(f[11]) + int(f[12])) / tick
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -101,7 +130,8 @@ async def stream_once(port: int, path: str, body: bytes, reader_writer: list[Any
             "tokens": len(times)}
 
 
-async def run_round(port: int, mode: str, *, clients: int, requests: int, max_tokens: int) -> dict[str, Any]:
+async def run_round(port: int, mode: str, *, clients: int, requests: int, max_tokens: int,
+                    server_pid: int | None = None) -> dict[str, Any]:
     if mode == "native":
         path = "/v1/models/lm/generate"
         body = {"prompt": PROMPT, "max_new_tokens": max_tokens, "temperature": 0.8, "stream": True}
@@ -116,12 +146,18 @@ async def run_round(port: int, mode: str, *, clients: int, requests: int, max_to
         conn[1].close()
         return out
 
+    pids = process_tree(server_pid) if server_pid else []
+    cpu0 = cpu_seconds(pids)
     t0 = time.perf_counter()
     per_client = await asyncio.gather(*(client() for _ in range(clients)))
     wall = time.perf_counter() - t0
+    cpu1 = cpu_seconds(pids)
+    http_cpu = cpu1.get(server_pid, 0.0) - cpu0.get(server_pid, 0.0) if server_pid else 0.0
+    other_cpu = sum(cpu1[p] - cpu0[p] for p in cpu1 if p in cpu0 and p != server_pid)
     reqs = [r for rs in per_client for r in rs]
     tokens = sum(r["tokens"] for r in reqs)
     return {"mode": mode, "wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall,
+            "http_cpu_us_per_token": 1e6 * http_cpu / tokens, "worker_cpu_us_per_token": 1e6 * other_cpu / tokens,
             "ttft": [r["ttft"] for r in reqs], "gaps": [g for r in reqs for g in r["gaps"]]}
 
 
@@ -134,6 +170,8 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "ttft_ms_p99": round(float(np.percentile(ttft, 99)), 1),
             "inter_token_ms_p50": round(float(np.percentile(gaps, 50)), 2),
             "inter_token_ms_p99": round(float(np.percentile(gaps, 99)), 2),
+            "http_cpu_us_per_token": round(float(np.median([r["http_cpu_us_per_token"] for r in rounds])), 1),
+            "worker_cpu_us_per_token": round(float(np.median([r["worker_cpu_us_per_token"] for r in rounds])), 1),
             "requests": int(len(ttft)), "tokens": int(sum(r["tokens"] for r in rounds))}
 
 
@@ -146,6 +184,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="rounds per mode (alternating)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below: stop the server too
     try:
         import uvloop
 
@@ -164,9 +203,11 @@ def main() -> None:
             for i in range(args.rounds):
                 order = ("native", "openai") if i % 2 == 0 else ("openai", "native")
                 for mode in order:
-                    r = asyncio.run(run_round(port, mode, **kw))
+                    r = asyncio.run(run_round(port, mode, **kw, server_pid=server.pid))
                     rounds[mode].append(r)
-                    print(f"round {i} {mode}: {r['tokens_per_s']:.0f} tokens/s", file=sys.stderr)
+                    print(f"round {i} {mode}: {r['tokens_per_s']:.0f} tokens/s, HTTP process "
+                          f"{r['http_cpu_us_per_token']:.0f} µs CPU/token, model worker "
+                          f"{r['worker_cpu_us_per_token']:.0f} µs CPU/token", file=sys.stderr)
         finally:
             server.send_signal(signal.SIGTERM)
             try:
@@ -176,18 +217,29 @@ def main() -> None:
     out = {mode: summarize(rs) for mode, rs in rounds.items()}
     out["openai_vs_native_throughput"] = round(out["openai"]["tokens_per_s_median"] /
                                                out["native"]["tokens_per_s_median"], 3)
+    # per-round ratios of adjacent rounds (the same machine state), and the CPU cost of the layer: the extra
+    # HTTP-process CPU per token as a share of all the server's CPU per token
+    pairs = [o["tokens_per_s"] / n["tokens_per_s"] for o, n in zip(rounds["openai"], rounds["native"])]
+    out["paired_ratio_median"] = round(float(np.median(pairs)), 3)
+    nat, oai = out["native"], out["openai"]
+    out["cpu_overhead_share"] = round((oai["http_cpu_us_per_token"] - nat["http_cpu_us_per_token"]) /
+                                      (nat["http_cpu_us_per_token"] + nat["worker_cpu_us_per_token"]), 4)
     out["settings"] = {**vars(args), "model": str(args.model or "default architecture, random weights"),
                        "cpus": os.cpu_count()}
     if args.json:
         print(json.dumps(out))
         return
-    print("| endpoint | tokens/s (median) | TTFT p50 | TTFT p99 | inter-token p50 | inter-token p99 |")
-    print("|---|---|---|---|---|---|")
+    print("| endpoint | tokens/s (median) | TTFT p50 | TTFT p99 | inter-token p50 | inter-token p99 "
+          "| HTTP CPU/token | worker CPU/token |")
+    print("|---|---|---|---|---|---|---|---|")
     for mode, label in (("native", "native `/v1/models/lm/generate`"), ("openai", "OpenAI `/v1/completions`")):
         s = out[mode]
         print(f"| {label} | {s['tokens_per_s_median']:.0f} | {s['ttft_ms_p50']:.0f} ms | {s['ttft_ms_p99']:.0f} ms "
-              f"| {s['inter_token_ms_p50']:.1f} ms | {s['inter_token_ms_p99']:.1f} ms |")
-    print(f"\nOpenAI / native throughput: {out['openai_vs_native_throughput']:.3f}")
+              f"| {s['inter_token_ms_p50']:.1f} ms | {s['inter_token_ms_p99']:.1f} ms "
+              f"| {s['http_cpu_us_per_token']:.0f} µs | {s['worker_cpu_us_per_token']:.0f} µs |")
+    print(f"\nOpenAI / native throughput: {out['openai_vs_native_throughput']:.3f} (medians), "
+          f"{out['paired_ratio_median']:.3f} (median of paired rounds); extra CPU of the layer: "
+          f"{100 * out['cpu_overhead_share']:.1f}% of the server's CPU per token")
     print(json.dumps(out))
 
 

@@ -1,72 +1,98 @@
 """`--precision auto` vs `--precision fp32`, per family, side by side on this machine's CPU.
 
-Each side is a real `genloom train` run for a fixed number of steps; the step time is read from metrics.jsonl
-(global batch / samples_per_s per log window, the first window dropped), median over windows, then over rounds.
-Sides alternate round by round. `auto` runs its probe (fp32 vs bf16 on copies of the model) in a fresh cache dir
-every round, so the choice is re-measured each time and reported.
+For each family the recipe builds the model and its data exactly as `genloom train` does; a Trainer resolves
+`--precision auto` the way a run does (its start-up probe, in a fresh cache dir); then the training step (forward,
+backward, optimizer step, on a copy of the model and optimizers) is timed under the fp32 plan and under the plan
+`auto` chose, in alternating rounds (so load from other processes hits both alike), median per step.
 
-    python benchmarks/precision_auto.py [--rounds 3] [--threads 2] [--json]
+    python benchmarks/precision_auto.py [--threads 2] [--seconds 20] [--json]
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-from pathlib import Path
+import time
 
 CASES = {
-    # name: (train args, steps, log_every, batch)
-    "vae": (["vae"], 300, 50, 128),
-    "gan": (["gan", "--select-samples", "0"], 40, 10, 64),
-    "lm-quick": (["lm", "--preset", "quick", "--val-every", "100000"], 60, 10, 16),
-    "lm-medium": (["lm", "--preset", "medium", "--val-every", "100000"], 20, 5, 16),
+    # name: (family, options of genloom.train)
+    "vae": ("vae", {}),
+    "gan": ("gan", {"select_samples": 0}),
+    "lm-quick": ("lm", {"preset": "quick"}),
+    "lm-medium": ("lm", {"preset": "medium"}),
 }
 
 
-def run_once(case: str, precision: str, out: Path, threads: int) -> tuple[float, str]:
-    args, steps, log_every, batch = CASES[case]
-    cmd = [sys.executable, "-m", "genloom", "train", *args, "--steps", str(steps), "--log-every", str(log_every),
-           "--precision", precision, "--no-progress", "--threads", str(threads), "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "XDG_CACHE_HOME": str(out / "cache")}
-    subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in rows if r["type"] == "train"][1:]
-    info = json.loads(subprocess.run([sys.executable, "-m", "genloom", "info", str(out / "model.safetensors")],
-                                     check=True, capture_output=True, text=True, env=env).stdout)
-    return statistics.median(batch / r["samples_per_s"] for r in train), info["provenance"].get("precision", "?")
+def measure(case: str, seconds: float, tmp: str) -> dict:
+    import torch
+
+    from genloom.api import train_args
+    from genloom.recipes import recipe
+    from genloom.recipes.common import train_config
+    from genloom.training import precision as prec
+    from genloom.training.trainer import Trainer, _ProbeHooks
+
+    family, opts = CASES[case]
+    args = train_args(family, out=os.path.join(tmp, case), **opts)
+    rec = recipe(family)
+    tcfg = dataclasses.replace(train_config(args, rec), precision="auto", device="cpu", progress=False)
+    torch.manual_seed(0)
+    built = rec.build(args, tcfg)
+    tr = Trainer(built.model, tcfg, built.train, built.val)
+    t0 = time.perf_counter()
+    auto = tr._precision_plan()  # the probe a run does at start-up (fresh cache: it really measures)
+    probe_s = time.perf_counter() - t0
+    plans = {"fp32": prec.plan("fp32", tr.device), "auto": auto}
+    batch = next(iter(tr.train_src.epoch(torch.Generator().manual_seed(1))))
+    model = copy.deepcopy(tr.model)
+    opts_ = model.configure_optimizers(tcfg)
+    hooks = _ProbeHooks(opts_)
+
+    def step(side: str) -> None:
+        with prec.applied(plans[side]), prec.autocast(plans[side]):
+            model.train_step(batch, opts_, 0, hooks)
+
+    for side in ("fp32", "auto"):  # warm-up
+        step(side)
+    t: dict[str, list[float]] = {"fp32": [], "auto": []}
+    end = time.monotonic() + seconds
+    r = 0
+    while time.monotonic() < end or r < 6:
+        for side in (("fp32", "auto") if r % 2 == 0 else ("auto", "fp32")):
+            t0 = time.perf_counter()
+            step(side)
+            t[side].append(time.perf_counter() - t0)
+        r += 1
+    f32, au = statistics.median(t["fp32"]), statistics.median(t["auto"])
+    return {"auto_chose": auto.precision, "how": auto.how, "probe_s": round(probe_s, 2), "steps_each": r,
+            "fp32_ms": round(f32 * 1e3, 2), "auto_ms": round(au * 1e3, 2), "auto_over_fp32": round(au / f32, 3)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=20.0, help="timing per case (at least 6 rounds)")
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    out: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as d:
-        for case in a.cases.split(","):
-            t: dict[str, list[float]] = {"fp32": [], "auto": []}
-            chose: list[str] = []
-            for r in range(a.rounds):
-                for side in (("fp32", "auto") if r % 2 == 0 else ("auto", "fp32")):
-                    sec, used = run_once(case, side, Path(d) / f"{case}-{side}-{r}", a.threads)
-                    t[side].append(sec)
-                    if side == "auto":
-                        chose.append(used)
-            out[case] = {"fp32_ms": round(statistics.median(t["fp32"]) * 1e3, 2),
-                         "auto_ms": round(statistics.median(t["auto"]) * 1e3, 2), "auto_chose": chose, "runs": t}
+        os.environ["XDG_CACHE_HOME"] = os.path.join(d, "cache")  # a fresh probe, not a cached verdict
+        import torch
+
+        torch.set_num_threads(a.threads)
+        out = {c: measure(c, a.seconds, d) for c in a.cases.split(",")}
     if a.json:
         print(json.dumps(out))
         return
-    print(f"{'case':<10} {'fp32':>10} {'auto':>10} {'auto/fp32':>10}  auto chose")
-    for case, o in out.items():
-        print(f"{case:<10} {o['fp32_ms']:>7.1f} ms {o['auto_ms']:>7.1f} ms {o['auto_ms'] / o['fp32_ms']:>9.2f}x  "
-              f"{', '.join(o['auto_chose'])}")
+    print(f"{'case':<10} {'fp32':>10} {'auto':>10} {'auto/fp32':>10}  auto chose (probe)")
+    for c, o in out.items():
+        print(f"{c:<10} {o['fp32_ms']:>7.1f} ms {o['auto_ms']:>7.1f} ms {o['auto_over_fp32']:>9.3f}x  "
+              f"{o['auto_chose']} ({o['how']}, {o['probe_s']} s)", file=sys.stdout)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -39,3 +40,18 @@ def _small_threads_and_no_leaked_grad_mode():
     if not torch.is_grad_enabled():  # a test (or the code under test) switched autograd off globally
         torch.set_grad_enabled(True)
         pytest.fail("autograd was left disabled globally; use a `with torch.no_grad():` block instead")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_queues_left_on_the_broker():
+    """After the whole run: every queue a test created (named by queue_helpers, tagged with this run) must be
+    gone from the broker. A leak is deleted here and then fails the run, naming the queues."""
+    yield
+    helpers = sys.modules.get("queue_helpers")
+    if helpers is None or not helpers.USED:
+        return  # no test reached the broker
+    leaked = helpers.leaked_queues()
+    if leaked:
+        helpers.delete_queues(leaked)
+        pytest.fail(f"the tests left {len(leaked)} queue(s) on the broker: {', '.join(leaked)}; delete every "
+                    f"queue a test declares (queue_helpers.cleanup / delete_queues in a finally)", pytrace=False)

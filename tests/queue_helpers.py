@@ -17,6 +17,12 @@ from genloom.models.vae import VAE, VAEConfig
 
 URL = os.environ.get("GENLOOM_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
+# Every queue and model name a test makes carries this run's tag, so that the session-end check in conftest.py
+# (``leaked_queues``) finds exactly what this run left on the broker, even with other runs using it at once.
+SESSION_TAG = uuid.uuid4().hex[:6]
+ISSUED: list[str] = []  # queue names (raw, or genloom.<model> and its dead-letter queue) handed out this run
+USED = False  # set once a test reached the broker: only then does the session-end check run
+
 
 def require_broker() -> str:
     u = urlparse(URL)
@@ -25,6 +31,8 @@ def require_broker() -> str:
     except OSError as e:
         pytest.fail(f"RabbitMQ is not reachable at {u.hostname}:{u.port or 5672} ({e}); start it "
                     f"(e.g. `rabbitmq-server -detached`) or set GENLOOM_AMQP_URL", pytrace=False)
+    global USED
+    USED = True
     return URL
 
 
@@ -34,7 +42,76 @@ def tiny_vae(path: Path, *, num_classes: int = 0) -> Path:
 
 
 def unique_model() -> str:
-    return f"t-{uuid.uuid4().hex[:10]}"
+    """A model name of this run: its queues are genloom.<name>, genloom.<name>.urgent and genloom.<name>.dead."""
+    from genloom.queue.topology import all_queues
+
+    name = f"t-{SESSION_TAG}-{uuid.uuid4().hex[:8]}"
+    ISSUED.extend(all_queues(name))
+    return name
+
+
+def unique_queue(prefix: str) -> str:
+    """A raw queue name of this run, for tests that declare queues themselves (delete it in a finally)."""
+    name = f"t-{prefix}-{SESSION_TAG}-{uuid.uuid4().hex[:8]}"
+    ISSUED.append(name)
+    return name
+
+
+def leaked_queues() -> list[str]:
+    """Queues on the broker that carry this run's tag: every one is a leak once the tests are done.
+
+    ``rabbitmqctl list_queues`` when it is usable (it sees every queue, whatever a test called it); otherwise a
+    passive declare of each name handed out by ``unique_model`` / ``unique_queue``."""
+    import shutil
+
+    if shutil.which("rabbitmqctl") is not None and urlparse(URL).hostname in ("127.0.0.1", "localhost"):
+        try:
+            res = subprocess.run(["rabbitmqctl", "-q", "list_queues", "--no-table-headers", "name"],
+                                 capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            res = None
+        if res is not None and res.returncode == 0:
+            return sorted(n.strip() for n in res.stdout.splitlines() if SESSION_TAG in n)
+    return asyncio.run(_existing(ISSUED))
+
+
+async def _existing(names: list[str]) -> list[str]:
+    import aio_pika
+    import aiormq
+
+    found = []
+    conn = await aio_pika.connect(URL)
+    try:
+        for name in dict.fromkeys(names):
+            ch = await conn.channel()
+            try:
+                await ch.declare_queue(name, passive=True)
+                found.append(name)
+                await ch.close()
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                pass
+    finally:
+        await conn.close()
+    return found
+
+
+def delete_queues(names: list[str]) -> None:
+    async def go() -> None:
+        import aio_pika
+        import aiormq
+
+        conn = await aio_pika.connect(URL)
+        try:
+            for name in names:
+                ch = await conn.channel()
+                try:
+                    await ch.queue_delete(name)
+                except aiormq.exceptions.AMQPError:
+                    pass
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
 
 
 def cleanup(model: str) -> None:

@@ -39,3 +39,12 @@ def test_bench_bad_flags(capsys: pytest.CaptureFixture[str], argv: list[str], ms
     assert main(["bench", *argv]) == 2
     err = capsys.readouterr().err
     assert msg in err and err.count("\n") == 1
+
+
+def test_flow_row_is_timed_against_the_default_gan(tmp_path) -> None:
+    from genloom.engine.bench import bench_flow
+
+    rows = bench_flow(str(tmp_path), runs=1, repeats=1, n=2)
+    by = {r.variant: r for r in rows}
+    assert by["gan"].ratio == 1.0 and "flow heun 4 (8 NFE)" in by and "flow euler 1 (1 NFE)" in by
+    assert all(r.p50_ms > 0 and r.unit == "samples/s" for r in rows)

@@ -80,3 +80,10 @@ def test_run_batch_serves_flow_requests_as_the_engine_does(flow_file):
     grid = eng.trajectory_grid(1, seed=9, steps=2)  # rows: states then predictions, each ending in the sample
     assert np.array_equal(out[2], grid) and grid.shape == (6, 28, 28)
     assert np.array_equal(grid[2], eng.trajectory(1, seed=9, steps=2)["images"][0])
+
+
+def test_python_api_sample_takes_steps_and_guidance(flow_file):
+    import genloom
+
+    got = genloom.sample(flow_file, 2, seed=1, steps=2, guidance=2.0)
+    assert np.array_equal(got, load(flow_file).sample(2, seed=1, steps=2, guidance=2.0))

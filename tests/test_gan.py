@@ -164,7 +164,7 @@ def test_config_rejects_bad_values(bad: dict) -> None:
 
 
 def test_spectral_norm_only_for_hinge() -> None:
-    names = lambda m: " ".join(k for k, _ in m.critic.named_parameters())  # noqa: E731
+    names = lambda m: " ".join(k for k, _ in m.critic.named_parameters())
     assert "parametrizations" in names(_tiny(loss="hinge"))
     assert "parametrizations" not in names(_tiny(loss="wgan-gp"))
 

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from genloom import cli, export
-from genloom.data.text import SequentialWindows, WindowBatches, load_text, split_tokens
+from genloom.data import text as text_data
+from genloom.data.text import SequentialWindows, WindowBatches, default_corpus, load_text, shipped_corpus, split_tokens
 from genloom.errors import DataError
 from genloom.eval.lm import evaluate_lm
 from genloom.models.transformer import LMConfig, TransformerLM
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 
 @pytest.fixture(autouse=True)
@@ -29,9 +29,8 @@ def one_thread():
 
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
-    """The first 20k characters of tinyshakespeare (a small text of our own when it is not available)."""
-    text = SHAKESPEARE.read_text(encoding="utf-8")[:20_000] if SHAKESPEARE.is_file() else \
-        "".join(f"First Citizen:\nWe are accounted poor citizens, number {i}.\n\n" for i in range(400))
+    """The first 20k characters of the Tiny Shakespeare copy shipped inside the package."""
+    text = shipped_corpus().read_text(encoding="utf-8")[:20_000]
     p = tmp_path / "small.txt"
     p.write_text(text, encoding="utf-8")
     return p
@@ -85,6 +84,34 @@ def test_load_text_errors(tmp_path: Path) -> None:
         load_text(bad)
     with pytest.raises(DataError, match="no such text file"):
         load_text(tmp_path / "missing.txt")
+
+
+@pytest.mark.timeout(120)
+def test_default_corpus_is_shipped_and_verified(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("GENLOOM_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)  # nothing relative to the working directory is read
+    p = default_corpus()
+    assert p == shipped_corpus() and p.stat().st_size == 1_115_394
+    assert text_data.corpus_ref(p) == "genloom:tinyshakespeare.txt"  # portable provenance, no install path
+    assert text_data.resolve_corpus_ref("genloom:tinyshakespeare.txt") == p
+    own = tmp_path / "data"
+    own.mkdir()
+    (own / "tinyshakespeare.txt").write_text("my own text\n", encoding="utf-8")
+    monkeypatch.setenv("GENLOOM_DATA", str(own))  # the one data variable, as for the image datasets
+    assert default_corpus() == own / "tinyshakespeare.txt"
+    monkeypatch.setenv("GENLOOM_DATA", str(tmp_path / "elsewhere"))
+    assert default_corpus() == shipped_corpus()
+    monkeypatch.delenv("GENLOOM_DATA")
+    out = tmp_path / "run"  # `genloom train lm` without --data, from a directory with nothing in it
+    assert cli.main(["train", "lm", "--steps", "2", "--val-every", "2", "--batch-size", "2", "--block-size", "16",
+                     "--n-layer", "1", "--n-head", "1", "--n-embd", "16", "--out", str(out), "--no-progress"]) == 0
+    assert export.read_header(out / "model.safetensors").provenance["data"] == "genloom:tinyshakespeare.txt"
+    assert cli.main(["eval", str(out / "model.safetensors"), "--json"]) == 0  # scores the shipped corpus' split
+    damaged = tmp_path / "damaged.txt"
+    damaged.write_bytes(p.read_bytes()[:-1])
+    monkeypatch.setattr(text_data, "SHIPPED_CORPUS", damaged)
+    with pytest.raises(DataError, match="SHA-256 mismatch"):
+        shipped_corpus()
 
 
 @pytest.mark.timeout(120)

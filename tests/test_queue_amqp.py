@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 import pamqp.frame
@@ -11,7 +10,7 @@ from pamqp import commands as spec
 
 from genloom.queue import amqp
 from genloom.queue.flow import AckWindow as _AckWindow
-from queue_helpers import close_connections_named, require_broker
+from queue_helpers import close_connections_named, delete_queues, leaked_queues, require_broker, unique_queue
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
@@ -73,7 +72,7 @@ async def test_publish_batch_confirms_returns_and_rejects_on_close() -> None:
     import aio_pika
 
     url = require_broker()
-    name = f"t-amqp-{uuid.uuid4().hex[:8]}"
+    name = unique_queue("amqp")
     conn = await amqp.connect_robust(url, name=name)
     try:
         ch = await conn.channel(publisher_confirms=True, on_return_raises=True)
@@ -98,6 +97,7 @@ async def test_publish_batch_confirms_returns_and_rejects_on_close() -> None:
             await amqp.publish_batch(raw, [amqp.Outgoing(name, b"closed")])
     finally:
         await conn.close()
+        await asyncio.to_thread(delete_queues, [name])  # auto_delete never fires: nothing consumed from it
 
 
 async def test_client_survives_its_connection_dropping(tmp_path: Any) -> None:
@@ -128,3 +128,19 @@ async def test_client_survives_its_connection_dropping(tmp_path: Any) -> None:
     finally:
         await worker.stop()
         await admin.delete_model_queues(url, name)
+
+
+async def test_session_leak_check_sees_a_tagged_queue() -> None:
+    """The session-end check in conftest.py (``leaked_queues``) finds a queue this run left, and not once it
+    is deleted."""
+    url = require_broker()
+    name = unique_queue("leak")
+    conn = await amqp.connect_robust(url, name=name)
+    try:
+        ch = await conn.channel()
+        await ch.declare_queue(name, durable=False)
+        assert name in await asyncio.to_thread(leaked_queues)
+    finally:
+        await conn.close()
+        await asyncio.to_thread(delete_queues, [name])
+    assert name not in await asyncio.to_thread(leaked_queues)

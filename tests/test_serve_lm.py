@@ -129,7 +129,7 @@ async def test_worker_killed_mid_stream_ends_the_stream_with_an_error_not_a_hang
                                      base_url="http://test", timeout=30) as c:
             body = {"prompt": "a", "max_new_tokens": 100_000, "stream": True}
             task = asyncio.create_task(c.post("/v1/models/lm/generate", json=body))
-            tokens = lambda: server.metrics.registry.get_sample_value("genloom_tokens_generated_total",  # noqa: E731
+            tokens = lambda: server.metrics.registry.get_sample_value("genloom_tokens_generated_total",
                                                                       {"model": "lm"}) or 0
             while tokens() < 5:  # tokens are flowing
                 await asyncio.sleep(0.01)

@@ -110,7 +110,7 @@ def run_train(family: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def train(family: str, *, out: str | PathLike[str], preset: str | None = None, epochs: int | None = None,
           steps: int | None = None, time_budget: float | None = None, batch_size: int | None = None,
-          lr: float | None = None, seed: int | None = None, resume: bool = False, threads: int | None = None,
+          lr: float | None = None, seed: int | None = None, resume: bool | str | PathLike[str] = False, threads: int | None = None,
           progress: bool = False, **options: Any) -> dict[str, Any]:
     """Train a model of ``family`` ("vae", "gan", "lm", "classifier") into ``out``; return the run summary
     (``{"model": path of model.safetensors, "steps", "epochs", "train_seconds", …family's final metrics}``).
@@ -126,12 +126,14 @@ def train(family: str, *, out: str | PathLike[str], preset: str | None = None, e
 
 
 def sample(model: str | PathLike[str], n: int = 64, *, seed: int = 0, labels: list[int] | None = None,
-           backend: str = "auto") -> Any:
+           backend: str = "auto", steps: int | None = None, guidance: float | None = None) -> Any:
     """``n`` images from an image model file, float32 (n, 28, 28) in [0, 1] — ``genloom.engine.load`` +
-    ``sample``: the same seed gives the same images as ``genloom sample MODEL -n N --seed S -o x.npy``."""
+    ``sample``: the same seed gives the same images as ``genloom sample MODEL -n N --seed S -o x.npy``.
+    ``steps`` / ``guidance``: flow models only (ODE steps, classifier-free guidance)."""
     from genloom.engine import load
 
-    return load(Path(model), backend=backend).sample(n, seed=seed, labels=labels)
+    flow = {k: v for k, v in (("steps", steps), ("guidance", guidance)) if v is not None}
+    return load(Path(model), backend=backend).sample(n, seed=seed, labels=labels, **flow)
 
 
 def generate(model: str | PathLike[str], prompt: str = "", *, max_new_tokens: int = 200, temperature: float = 0.8,
@@ -146,11 +148,12 @@ def generate(model: str | PathLike[str], prompt: str = "", *, max_new_tokens: in
 
 def evaluate(model: str | PathLike[str], *, dataset: str | None = None, data: str | PathLike[str] | None = None,
              iwae_k: int = 100, seed: int = 0, text: str | PathLike[str] | None = None, fid: bool = False,
-             classifier: str | PathLike[str] | None = None, fid_samples: int = 10_000) -> dict[str, Any]:
+             classifier: str | PathLike[str] | None = None, fid_samples: int = 10_000, steps: int | None = None,
+             guidance: float | None = None, sampler: str | None = None) -> dict[str, Any]:
     """``genloom eval MODEL --json`` as a dict: VAE test -ELBO / IWAE (+ FID), GAN FID, LM loss and bits/char."""
     from genloom.cli.eval import evaluate_file
 
-    opt = lambda v: None if v is None else Path(v)  # noqa: E731
+    opt = lambda v: None if v is None else Path(v)
     return evaluate_file(Path(model), argparse.Namespace(
         dataset=dataset, data=opt(data), iwae_k=iwae_k, seed=seed, text=opt(text), fid=fid,
-        classifier=opt(classifier), fid_samples=fid_samples))
+        classifier=opt(classifier), fid_samples=fid_samples, steps=steps, guidance=guidance, sampler=sampler))

@@ -37,7 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from genloom.runconfig import main_argv
+
+    parser = build_parser()
+    try:
+        argv = main_argv(argv, parser)  # train --config FILE: the file's flags, placed before the command line's
+    except GenloomError as e:
+        print(f"genloom: error: {e}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except GenloomError as e:  # the user's input: one line that names the fix. Anything else is a bug: traceback.

@@ -6,7 +6,7 @@ import json
 
 from genloom.errors import GenloomError
 
-GROUPS = ("vae", "gan", "lm", "train")
+GROUPS = ("vae", "gan", "lm", "train", "flow")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--runs", type=int, default=1000, help="timed calls per round for VAE rows (default 1000)")
     b.add_argument("--gan-runs", type=int, default=100, help="timed calls per round for the GAN row")
     b.add_argument("--lm-runs", type=int, default=3, help="timed generations per round for LM rows")
+    b.add_argument("--flow-runs", type=int, default=5, help="timed 64-image calls per round for the flow row")
     b.add_argument("--train-steps", type=int, default=50, help="timed training steps per round")
     b.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported (default 3)")
     b.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's default)")
@@ -40,12 +41,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise GenloomError(f"--backends: unknown {', '.join(sorted(unknown))}; choose from "
                            f"{', '.join([*FACTORIES, 'numpy'])}")
     for flag, v in (("--runs", args.runs), ("--gan-runs", args.gan_runs), ("--repeats", args.repeats),
-                    ("--lm-runs", args.lm_runs), ("--train-steps", args.train_steps)):
+                    ("--lm-runs", args.lm_runs), ("--train-steps", args.train_steps), ("--flow-runs", args.flow_runs)):
         if v < 1:
             raise GenloomError(f"{flag} must be ≥ 1, got {v}")
     if args.threads is not None and args.threads < 1:
         raise GenloomError(f"--threads must be ≥ 1, got {args.threads}")
     result = bench.run(only=only, runs=args.runs, gan_runs=args.gan_runs, repeats=args.repeats,
-                       threads=args.threads, names=names, lm_runs=args.lm_runs, train_steps=args.train_steps)
+                       threads=args.threads, names=names, lm_runs=args.lm_runs, train_steps=args.train_steps,
+                       flow_runs=args.flow_runs)
     print(json.dumps(result) if args.json else bench.markdown(result))
     return 0

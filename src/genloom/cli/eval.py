@@ -29,6 +29,9 @@ def register(sub: Any) -> None:
     e.add_argument("--classifier", type=Path, default=None,
                    help="FID feature classifier (default: $GENLOOM_CLASSIFIER, then the one shipped with genloom)")
     e.add_argument("--fid-samples", type=int, default=10_000, help="generated samples for the FID (default 10000)")
+    e.add_argument("--device", default="cpu",
+                   help="where the model runs: cpu (default), auto (CUDA when present), cuda, cuda:N or mps; the "
+                        "Monte-Carlo noise is drawn on the CPU, so a seed gives the same estimate on every device")
     e.add_argument("--steps", type=int, default=None, help="flow: ODE steps (default: the file's)")
     e.add_argument("--guidance", type=float, default=None,
                    help="flow: guidance w (0 = unconditional; default: the file's)")
@@ -57,6 +60,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 # ---- images ----------------------------------------------------------------------------------------------------
 
+def _load(args: argparse.Namespace, header: ModelFile) -> torch.nn.Module:
+    from genloom.device import resolve_device
+
+    return export.load(header.path).to(resolve_device(getattr(args, "device", "cpu")))
+
+
 def _test_split(args: argparse.Namespace, header: ModelFile):
     from genloom.data.images import load_images
 
@@ -69,10 +78,10 @@ def evaluate_vae(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]:
 
     if args.iwae_k < 0:
         raise GenloomError("--iwae-k must be ≥ 0")
-    model = export.load(header.path)
+    model = _load(args, header)
     result = nelbo(model, _test_split(args, header), iwae_k=args.iwae_k, seed=args.seed)
     if getattr(args, "fid", False):  # the same FID evaluator as the GAN's, so the families compare
-        result.update(fid_result(args, header, model))
+        result.update(fid_result(args, header))
     return result
 
 
@@ -80,27 +89,33 @@ def _dataset(args: argparse.Namespace, header: ModelFile) -> str:
     return getattr(args, "dataset", None) or header.provenance.get("dataset") or "fashion-mnist"
 
 
-def fid_result(args: argparse.Namespace, header: ModelFile, model: torch.nn.Module) -> dict[str, Any]:
-    """{"fid", "fid_samples", "fid_classifier"} for ``model`` against the test split of its dataset."""
+def fid_result(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]:
+    """{"fid", "fid_samples", "fid_classifier"} for the model file against the test split of its dataset. The
+    samples are the engine's (``load(path).sample(n, seed=seed)``): the images ``genloom sample -n N --seed S``
+    writes, from the one noise source every path uses."""
     from genloom.data.images import load_images
-    from genloom.eval.fid import fid, find_classifier, load_classifier, real_stats
+    from genloom.engine import load
+    from genloom.engine.base import MAX_N
+    from genloom.eval.fid import features, feature_stats, find_classifier, frechet_distance, load_classifier, \
+        real_stats
 
     n = getattr(args, "fid_samples", None) or 10_000
-    if n < 2:
-        raise GenloomError(f"--fid-samples must be ≥ 2 (10000 is the standard), got {n}")
+    if not 2 <= n <= MAX_N:
+        raise GenloomError(f"--fid-samples must be between 2 and {MAX_N} (10000 is the standard), got {n}")
     dataset = _dataset(args, header)
     cpath = find_classifier(getattr(args, "classifier", None), dataset=dataset)
     classifier = load_classifier(cpath, dataset=dataset)
     test = load_images(dataset, getattr(args, "data", None)).test
-    value = fid(model, classifier, test.images, n_samples=n, seed=getattr(args, "seed", 0),
-                real_stats=real_stats(cpath, classifier, test.images))
+    images = load(header.path).sample(n, seed=getattr(args, "seed", 0))  # (n, 28, 28) float32 in [0, 1]
+    with torch.inference_mode():
+        mu_g, s_g = feature_stats(features(classifier, torch.from_numpy(images)))
+    value = frechet_distance(*real_stats(cpath, classifier, test.images), mu_g, s_g)
     return {"fid": value, "fid_samples": n, "fid_classifier": cpath.name}
 
 
 def evaluate_gan(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]:
     """GAN: the FID of its samples (10,000 by default) against the test set."""
-    model = export.load(header.path)
-    return fid_result(args, header, model)
+    return fid_result(args, header)  # sampled by the engine (CPU), whatever --device says
 
 
 def evaluate_flow(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]:
@@ -116,9 +131,9 @@ def evaluate_flow(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]
         raise GenloomError(f"--fid-samples must be ≥ 2 (10000 is the standard), got {n}")
     model = export.load(header.path)
     c = model.config
-    steps = c.sample_steps if args.steps is None else args.steps
-    guidance = c.guidance if args.guidance is None else args.guidance
-    sampler = args.sampler or c.sampler
+    steps = c.sample_steps if getattr(args, "steps", None) is None else args.steps
+    guidance = c.guidance if getattr(args, "guidance", None) is None else args.guidance
+    sampler = getattr(args, "sampler", None) or c.sampler
     if not 1 <= steps <= 256:
         raise GenloomError(f"--steps must be between 1 and 256, got {steps}")
     if not 0 <= guidance <= 20:
@@ -137,13 +152,14 @@ def evaluate_flow(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]
 
 def _eval_text(args: argparse.Namespace, header: ModelFile) -> tuple[str, bool]:
     """The text to score: --text FILE (whole file), else the validation split of the training corpus."""
-    from genloom.data.text import load_text
+    from genloom.data.text import load_text, resolve_corpus_ref
 
     if args.text is not None:
         return load_text(args.text), False
     data = header.provenance.get("data")
-    if data and Path(data).is_file():
-        return load_text(data), True
+    found = resolve_corpus_ref(data) if data else None  # "genloom:tinyshakespeare.txt" = the shipped corpus
+    if found is not None:
+        return load_text(found), True
     raise GenloomError("give --text FILE (a UTF-8 text to score); the training corpus named in the model file "
                        f"({data or 'none'}) is not available here")
 
@@ -153,7 +169,7 @@ def evaluate_lm(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]:
     from genloom.eval.lm import evaluate_lm as score
 
     text, is_corpus = _eval_text(args, header)
-    model = export.load(header.path)
+    model = _load(args, header)
     tokens = torch.tensor(model.encode(text, what=str(args.text or "the corpus")), dtype=torch.long)
     if is_corpus:
         tokens = split_tokens(tokens)[1]  # the validation split the model was selected on

@@ -1,4 +1,4 @@
-"""``genloom worker`` and ``genloom submit``: the RabbitMQ edge (see docs and DESIGN.md "AMQP")."""
+"""``genloom worker`` and ``genloom submit``: the RabbitMQ edge (docs/queue.md; docs/architecture.md "AMQP")."""
 from __future__ import annotations
 
 import argparse

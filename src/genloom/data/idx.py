@@ -12,7 +12,7 @@ import numpy as np
 
 from genloom.errors import DataError
 
-_DTYPES = {
+_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),

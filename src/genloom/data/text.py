@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -20,20 +21,52 @@ import torch
 from genloom.data.batches import Sharding
 from genloom.errors import DataError, GenloomError
 
-# Where `genloom train lm` looks for tinyshakespeare.txt without --data (relative to the working directory;
-# $GENLOOM_DATA_DIR first).
+# The default corpus ships inside the package (1.1 MB), so `genloom train lm` works from any directory and from a
+# non-editable install. Resolution: ``--data FILE`` → ``$GENLOOM_DATA/tinyshakespeare.txt`` (the same variable
+# the image datasets use) → the shipped copy, whose SHA-256 is checked before use.
 CORPUS_NAME = "tinyshakespeare.txt"
-CORPUS_DIRS = ("data", "../shared/data", "shared/data")
+CORPUS_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+SHIPPED_PREFIX = "genloom:"  # how a model file's provenance names the shipped corpus (no install path in it)
+SHIPPED_CORPUS = Path(__file__).resolve().parent.parent / "assets" / CORPUS_NAME
+
+
+def shipped_corpus() -> Path:
+    """The Tiny Shakespeare copy inside the package, verified against its SHA-256."""
+    try:
+        raw = SHIPPED_CORPUS.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"the shipped {CORPUS_NAME} is missing from this genloom install ({SHIPPED_CORPUS}); "
+                        f"reinstall genloom or pass --data FILE") from None
+    if hashlib.sha256(raw).hexdigest() != CORPUS_SHA256:
+        raise DataError(f"{SHIPPED_CORPUS}: SHA-256 mismatch (a damaged install); reinstall genloom or pass "
+                        f"--data FILE")
+    return SHIPPED_CORPUS
 
 
 def default_corpus() -> Path:
-    dirs = ([os.environ["GENLOOM_DATA_DIR"]] if os.environ.get("GENLOOM_DATA_DIR") else []) + list(CORPUS_DIRS)
-    for d in dirs:
-        p = Path(d) / CORPUS_NAME
-        if p.is_file():
-            return p
-    raise DataError(f"no {CORPUS_NAME} found in {', '.join(dirs)}; pass --data FILE (any UTF-8 text) or set "
-                    f"GENLOOM_DATA_DIR")
+    """``$GENLOOM_DATA/tinyshakespeare.txt`` when that file exists, else the shipped copy."""
+    env = os.environ.get("GENLOOM_DATA")
+    if env and (Path(env) / CORPUS_NAME).is_file():
+        return Path(env) / CORPUS_NAME
+    return shipped_corpus()
+
+
+def corpus_ref(path: Path) -> str:
+    """What a model file's provenance records as its corpus: ``genloom:tinyshakespeare.txt`` for the shipped
+    copy (portable across installs), else the path as given."""
+    try:
+        if Path(path).resolve() == SHIPPED_CORPUS:
+            return SHIPPED_PREFIX + CORPUS_NAME
+    except OSError:
+        pass
+    return str(path)
+
+
+def resolve_corpus_ref(ref: str) -> Path | None:
+    """The file a provenance ``data`` entry names, or None when it is not available here."""
+    if ref == SHIPPED_PREFIX + CORPUS_NAME:
+        return shipped_corpus()
+    return Path(ref) if Path(ref).is_file() else None
 
 
 def load_text(path: str | Path) -> str:

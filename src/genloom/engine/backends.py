@@ -92,9 +92,11 @@ def ort_runner(model: bytes, threads: int | None) -> Runner:
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads is not None:
-        opts.intra_op_num_threads = threads
+    # the same thread count as torch, and no spinning: onnxruntime's idle pool threads otherwise spin after each
+    # run and take the cores from everything else in the process (torch's matmuls, the server's event loop)
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
 

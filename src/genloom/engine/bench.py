@@ -4,11 +4,12 @@ Rows (each variant timed in the same process as its baseline, interleaved, media
 - VAE decode, batch 100, for the lecture's decoder 20→400→784 and the larger 20→400→800→784: p50/p99 latency
   over ``runs`` calls per round, samples/s, achieved GFLOP/s; per backend.
 - GAN generator, batch 100 (the default conv generator), per backend.
+- Flow: 64 images from the default flow model at its default steps and few-step settings vs 64 from the default GAN.
 - LM tokens/s at batch 1 and 16, with the KV cache and without (recompute the context every token).
 - VAE training seconds per epoch (60,000 images, batch 128): our step vs a pytorch/examples-style loop.
 
 The naive baseline is plain ``model(x)`` in training mode, with autograd on and no inference_mode: what a first
-PyTorch script does. ``ratio`` = variant p50 / baseline p50 (< 1 is faster).
+PyTorch script does (the flow row's baseline is the GAN). ``ratio`` = variant p50 / baseline p50 (< 1 is faster).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -50,7 +52,7 @@ def cpu_peak_gflops() -> dict[str, float]:
     mhz = 0.0
     try:
         with open("/proc/cpuinfo") as f:
-            mhz = max(float(l.split(":")[1]) for l in f if l.startswith("cpu MHz"))
+            mhz = max(float(line.split(":")[1]) for line in f if line.startswith("cpu MHz"))
     except (OSError, ValueError):
         pass
     cores = torch.get_num_threads()
@@ -70,7 +72,8 @@ def _latencies(fn: Callable[[], Any], runs: int, warmup: int = 20) -> np.ndarray
 
 
 def timed_rows(row: str, variants: dict[str, Callable[[], Any]], *, runs: int, repeats: int, items: int,
-               unit: str, flops: float | None = None, warmup: int = 20, chunk: int = 10) -> list[Row]:
+               unit: str, flops: float | None = None, warmup: int = 20, chunk: int = 10,
+               baseline: str = "naive") -> list[Row]:
     """Time every variant ``runs`` times per round; p50/p99 are medians over ``repeats`` rounds. Within a round
     the variants take turns in chunks of ``chunk`` calls, so that all of them see the same background load (the
     machine is shared) while each keeps its weights in cache for a few calls."""
@@ -91,7 +94,7 @@ def timed_rows(row: str, variants: dict[str, Callable[[], Any]], *, runs: int, r
             all_lat = np.concatenate(lat[k])
             p50[k].append(float(np.percentile(all_lat, 50)))
             p99[k].append(float(np.percentile(all_lat, 99)))
-    base = statistics.median(p50["naive"])
+    base = statistics.median(p50[baseline])
     rows = []
     for k in variants:
         m50, m99 = statistics.median(p50[k]), statistics.median(p99[k])
@@ -111,10 +114,10 @@ def _image_variants(naive: Callable[[], Any], module: nn.Module, x: np.ndarray, 
     for name in names:
         if name == "numpy":
             eng = lite.load(path, threads=threads or torch.get_num_threads())
-            variants[name] = (lambda e=eng: e._forward(x))
+            variants[name] = partial(eng._forward, x)
             continue
         run = backends.build(name, module, x, threads=threads)
-        variants[name] = (lambda r=run: r(x))
+        variants[name] = partial(run, x)
     return variants
 
 
@@ -131,7 +134,7 @@ def bench_vae(tmp: str, *, runs: int, repeats: int, threads: int | None, names: 
         zt = torch.from_numpy(z)
         model.train()  # naive: training mode, autograd recording, no inference_mode
 
-        def naive(m: VAE = model) -> Any:
+        def naive(m: VAE = model, zt: torch.Tensor = zt) -> Any:
             return m.decode(zt)
 
         decoder = nn.Sequential(model.decoder, nn.Sigmoid())
@@ -175,7 +178,7 @@ def bench_lm(*, repeats: int, lm_runs: int = 3, new_tokens: int = 64, prompt_len
     for b in (1, 16):
         prompts = [prompt] * b
 
-        def naive() -> Any:  # no cache, training mode, autograd on: recompute the whole context every token
+        def naive(prompts: list[str] = prompts) -> Any:  # no cache, training mode, autograd on: recompute all
             model.train()
             idx = torch.tensor([model.encode(p) for p in prompts])  # (b, T0)
             for _ in range(new_tokens):
@@ -183,14 +186,14 @@ def bench_lm(*, repeats: int, lm_runs: int = 3, new_tokens: int = 64, prompt_len
                 idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], 1)  # (b, T + 1)
             model.eval()
 
-        def uncached() -> Any:  # the same loop under inference_mode in eval mode
+        def uncached(prompts: list[str] = prompts) -> Any:  # the same loop under inference_mode in eval mode
             with torch.inference_mode():
                 idx = torch.tensor([model.encode(p) for p in prompts])
                 for _ in range(new_tokens):
                     logits = model(idx[:, -model.config.block_size:])
                     idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], 1)
 
-        def cached() -> Any:
+        def cached(prompts: list[str] = prompts) -> Any:
             with torch.inference_mode():
                 generate(model.eval(), prompts, max_new_tokens=new_tokens, temperature=0.0)
 
@@ -233,8 +236,38 @@ def bench_vae_train(*, steps: int, repeats: int, batch: int = 128) -> list[Row]:
     return rows
 
 
+def bench_flow(tmp: str, *, runs: int, repeats: int, n: int = 64) -> list[Row]:
+    """n images from the default flow model (``genloom train flow``'s architecture and sampler) at its default
+    steps and at few-step settings, against n images from the default GAN (``genloom train gan``), both through
+    ``genloom.engine.load`` with its default backend. ``ratio`` = p50 / the GAN's p50."""
+    from genloom import export
+    from genloom.engine import load
+    from genloom.engine.flow import FlowEngine
+    from genloom.models.flow import FlowConfig, FlowModel, network_evaluations
+    from genloom.recipes.gan import DEFAULT_LOSS, LOSS_DEFAULTS
+
+    torch.manual_seed(0)
+    gan = load(export.save(GAN(GANConfig(loss=DEFAULT_LOSS, **LOSS_DEFAULTS[DEFAULT_LOSS][1])),
+                           os.path.join(tmp, "gan-default.safetensors")))
+    cfg = FlowConfig()
+    flow = load(export.save(FlowModel(cfg), os.path.join(tmp, "flow-default.safetensors")))
+    assert isinstance(flow, FlowEngine)
+    variants: dict[str, Callable[[], Any]] = {"gan": lambda: gan.sample(n, seed=0)}
+    settings = [(cfg.sampler, cfg.sample_steps), ("heun", 2), ("euler", 4), ("euler", 1)]  # default first
+    for sampler, steps in settings:
+        name = f"flow {sampler} {steps} ({network_evaluations(steps, sampler)} NFE)"
+        # at the file's default guidance (w ≠ 1 runs the conditional and unconditional rows as one 2n batch)
+        def call(s: str = sampler, k: int = steps) -> Any:
+            return flow.sample(n, seed=0, steps=k, sampler=s)
+
+        variants[name] = call
+    return timed_rows(f"{n} images: flow (DiT {cfg.depth}×{cfg.dim}) vs the default GAN", variants, runs=runs,
+                      repeats=repeats, items=n, unit="samples/s", warmup=1, chunk=1, baseline="gan")
+
+
 def run(*, only: set[str], runs: int, gan_runs: int, repeats: int, threads: int | None,
-        names: tuple[str, ...] = IMAGE_BACKENDS, lm_runs: int = 3, train_steps: int = 50) -> dict[str, Any]:
+        names: tuple[str, ...] = IMAGE_BACKENDS, lm_runs: int = 3, train_steps: int = 50,
+        flow_runs: int = 5) -> dict[str, Any]:
     import tempfile
 
     if threads is not None:
@@ -245,13 +278,15 @@ def run(*, only: set[str], runs: int, gan_runs: int, repeats: int, threads: int 
             rows += bench_vae(tmp, runs=runs, repeats=repeats, threads=threads, names=names)
         if "gan" in only:
             rows += bench_gan(tmp, runs=gan_runs, repeats=repeats, threads=threads, names=names)
+        if "flow" in only:
+            rows += bench_flow(tmp, runs=flow_runs, repeats=repeats)
     if "lm" in only:
         rows += bench_lm(repeats=repeats, lm_runs=lm_runs)
     if "train" in only:
         rows += bench_vae_train(steps=train_steps, repeats=repeats)
     return {"machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                         "torch": torch.__version__, "load_avg": os.getloadavg()[0], "peak_gflops": cpu_peak_gflops()},
-            "settings": {"runs": runs, "gan_runs": gan_runs, "lm_runs": lm_runs, "train_steps": train_steps,
+            "settings": {"runs": runs, "gan_runs": gan_runs, "flow_runs": flow_runs, "lm_runs": lm_runs, "train_steps": train_steps,
                          "repeats": repeats},
             "rows": [asdict(r) for r in rows]}
 

@@ -28,7 +28,8 @@ def evaluate_vae(model: VAE, data: ImageData, *, iwae_k: int = 100, batch_size: 
                  ) -> dict[str, float]:
     model.eval()
     g = torch.Generator().manual_seed(seed)
-    src = ImageBatches(data, batch_size, shuffle=False)
+    dev = next(model.parameters()).device  # noise from the CPU generator: the same estimate on every device
+    src = ImageBatches(data, batch_size, shuffle=False).to(dev)
     cond = model.config.num_classes > 0
     tot_nelbo = tot_iwae = tot_recon = tot_kl = 0.0
     for x, y in src.epoch():
@@ -37,14 +38,14 @@ def evaluate_vae(model: VAE, data: ImageData, *, iwae_k: int = 100, batch_size: 
         mu, logvar = model.encode(x, labels)
         std = torch.exp(0.5 * logvar)
         # negative ELBO with one sample
-        z = mu + std * torch.randn(mu.shape, generator=g)
+        z = mu + std * torch.randn(mu.shape, generator=g).to(dev)
         recon = -model.log_px_given_z(model.decode_logits(z, labels), x)  # (B,)
         kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1)  # (B,)
         tot_recon += float(recon.sum())
         tot_kl += float(kl.sum())
         tot_nelbo += float((recon + kl).sum())
         if iwae_k:
-            eps = torch.randn((iwae_k, *mu.shape), generator=g)  # (k, B, latent)
+            eps = torch.randn((iwae_k, *mu.shape), generator=g).to(dev)  # (k, B, latent)
             zk = mu + std * eps
             lab_k = labels.expand(iwae_k, -1).reshape(-1) if labels is not None else None
             logits = model.decode_logits(zk.reshape(-1, zk.shape[-1]), lab_k).reshape(iwae_k, len(x), -1)

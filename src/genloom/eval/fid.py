@@ -99,7 +99,7 @@ def sample_features(model: torch.nn.Module, classifier: torch.nn.Module, *, n: i
         b = min(batch_size, n - i)
         labels = (torch.arange(i, i + b) % num_classes) if num_classes else None
         imgs = model.generate(b, generator=g, labels=labels, **generate_kw)  # (b, 1, 28, 28) in [0, 1]
-        out.append(features(classifier, imgs))
+        out.append(features(classifier, imgs.cpu()))  # the feature classifier stays on the CPU
     return np.concatenate(out)
 
 

@@ -21,6 +21,7 @@ def evaluate_lm(model: TransformerLM, tokens: torch.Tensor, *, batch_size: int =
     """tokens: 1-D int64 ids of the text → {"val_loss", "bpc", "chars"} (chars = predictions scored)."""
     model.eval()
     src = SequentialWindows(tokens, block_size=model.config.block_size, batch_size=batch_size)
+    src.to(next(model.parameters()).device)
     total, n = 0.0, 0
     for x, y in src.epoch():
         logits = model(x)  # (B, T, vocab)

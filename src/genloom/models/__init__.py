@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from genloom.models.base import GenerativeModel
 
 # kind -> "module:Class"; imported lazily so that loading one family never imports the others
 KINDS: dict[str, str] = {
@@ -14,7 +18,7 @@ KINDS: dict[str, str] = {
 }
 
 
-def model_class(kind: str) -> type:
+def model_class(kind: str) -> type[GenerativeModel]:
     try:
         mod, cls = KINDS[kind].split(":")
     except KeyError:

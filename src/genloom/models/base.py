@@ -24,7 +24,7 @@ from genloom.data.batches import RowShard
 @dataclass
 class LossOutput:
     loss: torch.Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # floats or 0-d tensors (read at log time)
     n: int = 1  # number of items the loss is a mean over (weights validation averages)
 
 
@@ -49,7 +49,8 @@ def rand_rows(model: nn.Module, n: int, *shape: int, like: torch.Tensor) -> torc
 class TrainerHooks(Protocol):
     """What a model's ``train_step`` may use from the Trainer."""
 
-    def clip_and_step(self, name: str, loss: torch.Tensor) -> float: ...
+    def clip_and_step(self, name: str, loss: torch.Tensor, *, params: list[torch.nn.Parameter] | None = None
+                      ) -> float: ...
 
 
 def config_to_json(cfg: Any) -> str:

@@ -240,7 +240,7 @@ class GAN(GenerativeModel):
         h = min(ema_kimg·1000, ema_rampup · images seen). The ramp-up keeps the average short early on, so it
         helps short runs too (a fixed β = 0.999 would average in the first, poor generators for a long time)."""
         c = self.config
-        self.ema_images += batch_size
+        self.ema_images: torch.Tensor = self.ema_images + batch_size
         if c.ema_kimg <= 0:
             return
         ema_p, g_p = list(self.ema.parameters()), list(self.generator.parameters())
@@ -248,7 +248,7 @@ class GAN(GenerativeModel):
             h = (self.ema_images * c.ema_rampup).clamp(max=c.ema_kimg * 1000.0) if c.ema_rampup else \
                 torch.full_like(self.ema_images, c.ema_kimg * 1000.0)
             w = (1.0 - 0.5 ** (batch_size / h.clamp(min=1e-8))).to(ema_p[0].dtype)
-            torch._foreach_lerp_(ema_p, g_p, [w] * len(ema_p))
+            torch._foreach_lerp_(ema_p, g_p, [w] * len(ema_p))  # type: ignore[list-item]
         else:
             half_life = min(c.ema_kimg * 1000.0, c.ema_rampup * float(self.ema_images)) if c.ema_rampup else \
                 c.ema_kimg * 1000.0

@@ -97,7 +97,7 @@ class RobustConsumers:
             self._recovery.cancel()
         self.channel.reopen_callbacks.discard(self._on_reopen)
         try:
-            raw = await asyncio.wait_for(self.channel.get_underlay_channel(), 5)
+            raw: Any = await asyncio.wait_for(self.channel.get_underlay_channel(), 5)  # aiormq's Channel
             for tag in self.consumers:
                 if tag in raw.consumers:
                     await raw.basic_cancel(tag, timeout=5)
@@ -105,7 +105,7 @@ class RobustConsumers:
             pass
 
     async def _consume(self) -> None:
-        raw = await self.channel.get_underlay_channel()
+        raw: Any = await self.channel.get_underlay_channel()  # aiormq's Channel (has .consumers)
         raw.on_consumer_cancel_callbacks.add(self._on_cancel)
         for tag, (queue, callback) in self.consumers.items():
             if self.active and tag not in raw.consumers:

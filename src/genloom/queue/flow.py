@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import time
-from typing import Any, Awaitable, Callable
 
 import aiormq
 

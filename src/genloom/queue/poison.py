@@ -112,7 +112,7 @@ class SuspectLane:
             self.busy = True
             try:
                 await self.handle([item])
-            except Exception:  # noqa: BLE001 — the message stays unacked and comes back
+            except Exception:
                 pass
             finally:
                 self.busy = False

@@ -37,7 +37,6 @@ import aiormq
 
 from genloom.core.requests import DEFAULT_LIMITS, ModelInfo
 from genloom.core.runner import run_batch
-from genloom.errors import GenloomError
 from genloom.queue import amqp
 from genloom.queue.amqp import CONNECTION_ERRORS, publish
 from genloom.core.batcher import Batcher, Entry
@@ -88,7 +87,7 @@ class WorkerConfig:
             raise ValueError(f"--batch-timeout-ms must be ≥ 0, got {self.batch_timeout_ms}")
         if not self.lease_s > 0 or self.depth_interval_s < 0:
             raise ValueError("--lease-s must be > 0 and --depth-interval ≥ 0")
-        self.topology  # validates queue_type and delivery_limit
+        self.topology  # noqa: B018 - the property validates queue_type and delivery_limit
 
 
 class ModelRunner:
@@ -129,7 +128,7 @@ class _Item:
 
     @property
     def tag(self) -> int:
-        return self.msg.delivery.delivery_tag  # type: ignore[union-attr]
+        return self.msg.delivery.delivery_tag  # type: ignore[union-attr,return-value]
 
     @property
     def props(self) -> Any:
@@ -289,7 +288,7 @@ class QueueWorker:
     async def _run_entries(self, model: str, entries: list[Entry]) -> list[None]:
         """The batcher's run_batch: replies and acks happen inside ``_process``; nothing is returned."""
         try:
-            await self._process(model, [e.item for e in entries])
+            await self._process(model, [e.item for e in entries])  # type: ignore[misc]
         except Exception:  # never fail the batcher; the messages stay unacked and come back
             log.exception("batch handler failed")
         return [None] * len(entries)

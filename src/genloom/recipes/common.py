@@ -16,6 +16,7 @@ import torch
 from genloom.data.batches import BatchSource
 from genloom.errors import GenloomError
 from genloom.models.base import GenerativeModel
+from genloom.runconfig import write_resolved
 from genloom.training.schedules import SCHEDULES
 from genloom.training.trainer import TrainConfig, Trainer
 
@@ -50,6 +51,9 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--patience": ("patience", int, "early stopping: validations without improvement before stopping"),
     "--min-delta": ("min_delta", float, "early stopping: the improvement that counts"),
     "--checkpoint-every": ("checkpoint_every", int, "write checkpoints/last.pt every N epochs"),
+    "--checkpoint-steps": ("checkpoint_steps", int, "also write checkpoints/last.pt every N steps, keeping a copy "
+                           "checkpoints/step-NNNNNNNN.pt (for long runs)"),
+    "--keep-checkpoints": ("keep_checkpoints", int, "how many step-NNNNNNNN.pt copies to keep (default 3)"),
     "--log-every": ("log_every", int, "write a metrics.jsonl record every N steps"),
     "--seed": ("seed", int, "random seed (data order, initialisation, noise)"),
     "--device": ("device", str, "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps (default: auto)"),
@@ -61,17 +65,24 @@ RUN_DEFAULTS: dict[str, Any] = {"device": "auto", "precision": "auto"}  # for ev
 
 
 def add_common_args(p: argparse.ArgumentParser, rec: ModuleType) -> None:
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="read flags from a TOML file (keys: the flag names, e.g. lr = 1e-3; flags given here win; "
+                        "OUT/config.toml of a run repeats it)")
     p.add_argument("--out", required=True, type=Path,
                    help="run directory: model.safetensors, metrics.jsonl, loss.png, samples/, checkpoints/")
     p.add_argument("--preset", choices=sorted(rec.PRESETS) or None, default=None,
                    help="named recipe: " + "; ".join(f"{k}: {v.get('_doc', '')}" for k, v in rec.PRESETS.items())
                    if rec.PRESETS else "no presets for this family")
-    p.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoints/last.pt")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue exactly where a run stopped: from OUT/checkpoints/last.pt, or from CHECKPOINT "
+                        "(a .pt file, or a run directory whose last checkpoint to take)")
+    p.add_argument("--no-tensorboard", action="store_true",
+                   help="no TensorBoard event files (default: written to OUT beside metrics.jsonl)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the model's loss (off by default: measured slower on CPU for these models, "
-                        "docs/benchmarks.md)")
+                   help="torch.compile the model's loss (off by default: no gain for the VAE; the LM step 0.70x but "
+                        "only after minutes of compiling; docs/benchmarks.md)")
     p.add_argument("--nproc", type=int, default=None,
                    help="data-parallel processes on this machine, launched through torch.distributed.run (same as "
                         "`torchrun --nproc-per-node N -m genloom train …`); --batch-size stays the global batch")
@@ -89,7 +100,7 @@ def train_config(args: argparse.Namespace, rec: ModuleType) -> TrainConfig:
     if args.preset:
         merged.update({k: v for k, v in rec.PRESETS[args.preset].items() if not k.startswith("_")
                        and k in {f.name for f in dataclasses.fields(TrainConfig)}})
-    for flag, (name, _, _) in TRAIN_FLAGS.items():
+    for name, _, _ in TRAIN_FLAGS.values():
         v = getattr(args, name)
         if v is not None:
             merged[name] = v
@@ -102,7 +113,8 @@ def train_config(args: argparse.Namespace, rec: ModuleType) -> TrainConfig:
         merged["compile"] = True
     if merged.get("grad_clip") == 0:
         merged["grad_clip"] = None
-    return TrainConfig(out=str(args.out), progress=not args.no_progress and sys.stderr.isatty(), **{
+    return TrainConfig(out=str(args.out), progress=not args.no_progress and sys.stderr.isatty(),
+                       tensorboard=not getattr(args, "no_tensorboard", False), **{
         k: v for k, v in merged.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
 
 
@@ -114,6 +126,25 @@ def preset_value(args: argparse.Namespace, rec: ModuleType, name: str, default: 
     if args.preset and name in rec.PRESETS[args.preset]:
         return rec.PRESETS[args.preset][name]
     return default
+
+
+def resolved_flags(args: argparse.Namespace, rec: ModuleType, tcfg: TrainConfig) -> dict[str, Any]:
+    """Every flag's value for OUT/config.toml: training settings as resolved (flag > preset > family default),
+    the family's own as given or as the preset sets them; None where unset (the family default applies)."""
+    preset = rec.PRESETS[args.preset] if getattr(args, "preset", None) else {}
+    train = {name for name, _, _ in TRAIN_FLAGS.values()}
+    out: dict[str, Any] = {}
+    for k, v in vars(args).items():
+        if k in ("command", "family", "func", "config", "resume") or callable(v):
+            continue
+        if k in train:
+            v = getattr(tcfg, k)
+            if k == "grad_clip" and v is None:
+                v = 0.0  # --grad-clip 0 (off), not the family default
+        elif v is None and isinstance(preset.get(k), (str, int, float)):
+            v = preset[k]  # (a list-valued preset setting is left to the preset, which is written too)
+        out[k] = str(v) if isinstance(v, Path) else v
+    return out
 
 
 def run(rec: ModuleType, args: argparse.Namespace, *, resume_cmd: str | None = None) -> dict[str, Any]:
@@ -145,6 +176,8 @@ def run(rec: ModuleType, args: argparse.Namespace, *, resume_cmd: str | None = N
     torch.manual_seed(tcfg.seed)  # initialisation is part of the seeded run
     built: Built = rec.build(args, tcfg)
     tcfg = built.train_config or tcfg
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: rank 0 alone writes the run's files
+        write_resolved(Path(tcfg.out) / "config.toml", args.family, resolved_flags(args, rec, tcfg))
     trainer = Trainer(built.model, tcfg, built.train, built.val, provenance=built.provenance,
                       on_epoch_end=built.on_epoch_end, on_step=built.on_step, resume=args.resume,
                       resume_cmd=resume_cmd)

@@ -14,7 +14,7 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 import torch
 
@@ -46,8 +46,8 @@ MODEL_FLAGS: dict[str, tuple[Any, Any, str]] = {  # flag name -> (type, default,
     "label_drop": (float, 0.1, "probability of dropping the class in training (classifier-free guidance)"),
     "ema_kimg": (float, 10.0, "EMA half-life cap in thousands of samples (0 = no EMA)"),
     "sampler": (str, "heun", f"default ODE sampler: {', '.join(SAMPLERS)}"),
-    "sample_steps": (int, 8, "default ODE steps"),
-    "guidance": (float, 1.0, "default guidance w (0 unconditional, 1 conditional, > 1 guided)"),
+    "sample_steps": (int, 4, "default ODE steps"),
+    "guidance": (float, 2.0, "default guidance w (0 unconditional, 1 conditional, > 1 guided)"),
     "time_shift": (float, 1.0, "sampling time shift s (> 1: more steps near noise)"),
     "t_std": (float, 1.0, "logit-normal training time: std of the normal"),
 }
@@ -113,7 +113,7 @@ def train_autoencoder(args: argparse.Namespace, tcfg: TrainConfig, splits, budge
     trainer = Trainer(model, acfg, ImageBatches(splits.train, acfg.batch_size, drop_last=True), None,
                       provenance={"dataset": splits.dataset, "train_images": len(splits.train), "stage": "autoencoder"})
     path = trainer.fit()
-    return export.load(path)
+    return cast(Autoencoder, export.load(path))
 
 
 def load_autoencoder(path: Path) -> Autoencoder:
@@ -121,7 +121,7 @@ def load_autoencoder(path: Path) -> Autoencoder:
     if info.kind != "autoencoder":
         raise GenloomError(f"{path}: is a {info.kind!r} model, not an autoencoder; pass "
                            f"OUT/autoencoder/model.safetensors of an earlier `genloom train flow` run")
-    return export.load(path)
+    return cast(Autoencoder, export.load(path))
 
 
 @torch.inference_mode()

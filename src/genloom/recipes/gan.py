@@ -42,6 +42,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "loss": "wgan-gp", "arch": "conv", "dim": 64, "kernel": 5, "batch_size": 50, "lr": 1e-4,
                   "betas": (0.5, 0.9), "n_critic": 5, "gp_weight": 10.0, "ema_kimg": 0.0},
     "quick": {"_doc": "2 epochs, for a first look", "epochs": 2},
+    # What `genloom quickstart` trains: the default R3GAN at 5x the learning rate, for a fixed number of steps
+    # (so its FID does not depend on the machine's speed). docs/benchmarks.md, "Quickstart GAN".
+    "quickstart": {"_doc": "genloom quickstart's GAN: the default R3GAN at lr 1e-3 for 1200 generator steps "
+                           "(FID ≤ 60; docs/benchmarks.md)",
+                   "lr": 1e-3, "steps": 1200, "epochs": None},
 }
 
 

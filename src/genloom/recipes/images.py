@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from genloom.data.images import DATASETS, ImageSplits, load_images
-from genloom.viz import save_grid
+from genloom.viz import grid, save_grid
 
 
 def add_dataset_args(p: argparse.ArgumentParser) -> None:
@@ -27,7 +27,8 @@ def load_splits(args: argparse.Namespace) -> ImageSplits:
 
 
 def sample_grid_callback(n: int = 64, *, seed: int = 1234, labels: torch.Tensor | None = None):
-    """Write OUT/samples/epoch-NNN.png after every epoch, always from the same latent draws."""
+    """Write OUT/samples/epoch-NNN.png after every epoch, always from the same latent draws (and the grid to
+    TensorBoard as ``samples``)."""
 
     def cb(trainer) -> None:
         model = trainer.model
@@ -36,7 +37,9 @@ def sample_grid_callback(n: int = 64, *, seed: int = 1234, labels: torch.Tensor 
         with torch.no_grad():
             imgs = model.generate(n, generator=torch.Generator().manual_seed(seed), labels=labels)
         model.train(was_training)
-        save_grid(imgs.float().cpu().numpy(), Path(trainer.out) / "samples" / f"epoch-{trainer.epoch:03d}.png",
+        x = imgs.float().cpu().numpy()
+        save_grid(x, Path(trainer.out) / "samples" / f"epoch-{trainer.epoch:03d}.png",
                   nrow=10 if labels is not None else None)
+        trainer.log.image("samples", trainer.step, grid(x, nrow=10 if labels is not None else None))
 
     return cb

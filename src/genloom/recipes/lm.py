@@ -19,6 +19,7 @@ from genloom.data.text import (
     CharTokenizer,
     SequentialWindows,
     WindowBatches,
+    corpus_ref,
     default_corpus,
     load_text,
     split_tokens,
@@ -48,8 +49,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 def add_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("LM")
     g.add_argument("--data", type=Path, default=None,
-                   help="UTF-8 training text (default: tinyshakespeare.txt from $GENLOOM_DATA_DIR, data/ or "
-                        "../shared/data/)")
+                   help="UTF-8 training text (default: $GENLOOM_DATA/tinyshakespeare.txt if present, else "
+                        "the Tiny Shakespeare copy shipped with genloom)")
     g.add_argument("--block-size", type=int, default=None, help="context length (default 64)")
     g.add_argument("--n-layer", type=int, default=None, help="Transformer blocks (default 4)")
     g.add_argument("--n-head", type=int, default=None, help="attention heads (default 4)")
@@ -91,12 +92,24 @@ def build(args: argparse.Namespace, tcfg) -> Built:
             res.update(val_loss=res["best_val_loss"], bpc=round(trainer.best_val / math.log(2), 4))
         return res
 
+    def text_sample(trainer) -> None:
+        """After each validation interval: 200 characters from "\n" (seeded) as a TensorBoard text sample."""
+        if getattr(trainer.log, "tb", None) is None:
+            return
+        model.eval()
+        with torch.random.fork_rng(devices=[]):
+            text = model.generate(1, generator=torch.Generator().manual_seed(1234), max_new_tokens=200,
+                                  temperature=0.8)[0]
+        model.train()
+        trainer.log.text("samples", trainer.step, text)
+
     return Built(
         model=model,
+        on_epoch_end=[text_sample],
         train=WindowBatches(train, batch_size=tcfg.batch_size, block_size=cfg.block_size,
                             steps=tcfg.val_every or 500),
         val=SequentialWindows(val, block_size=cfg.block_size, batch_size=val_batch),
-        provenance={"dataset": Path(path).name, "data": str(path), "train_chars": len(train),
+        provenance={"dataset": Path(path).name, "data": corpus_ref(path), "train_chars": len(train),
                     "val_chars": len(val), "params": model.num_params()},
         after=after,
     )

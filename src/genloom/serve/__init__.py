@@ -6,7 +6,7 @@ Usage::
         [--config serve.toml] [--max-batch-size 64] [--max-wait-ms 2] [--max-queue 256] [--max-n 256]
         [--timeout 30] [--threads 1] [--max-body-bytes 1048576] [--no-access-log]
 
-HTTP API (DESIGN.md, extended):
+HTTP API (docs/architecture.md, "Interfaces"):
 
 - ``GET /v1/models`` — name, kind, config, provenance, readiness and limits of every model.
 - ``POST /v1/models/{name}/sample`` (VAE, GAN) ``{"n", "seed", "labels", "format": png|npy|json}``;

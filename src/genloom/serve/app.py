@@ -1,6 +1,6 @@
 """The HTTP edge: a Starlette ASGI app over ``service.Server`` (run by uvicorn with uvloop + httptools).
 
-Endpoints: ``api.py`` and DESIGN.md. Errors are JSON ``{"error": message, "field": name|null}``:
+Endpoints: ``api.py`` and docs/architecture.md. Errors are JSON ``{"error": message, "field": name|null}``:
 422 invalid input (names the field), 404 unknown model, 413 body too large, 503 overloaded or restarting
 (with Retry-After), 504 deadline passed. Every response carries ``X-Request-Id`` (the client's, or a new one).
 

@@ -297,6 +297,7 @@ async def _stream(seqs: _Sequences, *, cid: str, created: int, chat: bool, map_e
             if first is not None:
                 lengths[k] += len(first)
                 yield chunk(k, first)
+        piece: str | None
         if len(seqs.gens) == 1:  # the common case, without a task per sequence
             async for piece in seqs.gens[0]:
                 lengths[0] += len(piece)
@@ -331,7 +332,7 @@ async def _merge(gens: list[AsyncIterator[str]]) -> AsyncIterator[tuple[int, str
             async for piece in g:
                 q.put_nowait((k, piece))
             q.put_nowait((k, None))
-        except Exception as e:  # noqa: BLE001 — handed to the consumer
+        except Exception as e:
             q.put_nowait(e)
 
     tasks = [asyncio.ensure_future(pump(k, g)) for k, g in enumerate(gens)]

@@ -9,23 +9,12 @@ import json
 from typing import Any
 
 from genloom import __version__
-from genloom.core import requests
 from genloom.core.requests import json_schema
 from genloom.serve.encode import EXTRA
 
 ERRORS = {"404": "unknown model", "413": "request body too large", "422": "invalid input; `field` names it",
           "503": "overloaded or restarting; see Retry-After", "504": "deadline passed (X-Request-Timeout)"}
 IMAGE_CONTENT = {"image/png": {}, "application/x-npy": {}, "application/json": {}}
-STREAM = requests.Field("stream", requests.BOOL, False, nullable=False,
-                        doc="true: text/event-stream, one event per token")
-# the HTTP-only fields of each operation (how the answer is encoded); the rest is the core schema
-EXTRA: dict[str, tuple[requests.Field, ...]] = {
-    "sample": (requests.format_field("png", "npy", "json"),),
-    "generate": (STREAM,),
-    "reconstruct": (requests.format_field("png", "npy", "json", default="json"),),
-    "interpolate": (requests.format_field("png", "npy", "json"),),
-    "trajectory": (requests.format_field("png", "npy", "json"),),
-}
 
 
 def _op(summary: str, schema: str | None, content: dict[str, Any], *, errors: bool = True) -> dict[str, Any]:
@@ -45,7 +34,9 @@ def _op(summary: str, schema: str | None, content: dict[str, Any], *, errors: bo
 def openapi_spec(server: Any) -> dict[str, Any]:
     json_c = {"application/json": {}}
     paths = {
-        "/v1/models": {"get": _op("list served models: name, kind, config, provenance", None, json_c, errors=False)},
+        "/v1/models": {"get": _op("list served models: OpenAI's list (object, data: id, object, created, owned_by "
+                                  "+ the fields below) and models: name, kind, config, provenance", None, json_c,
+                                  errors=False)},
         "/v1/models/{name}/sample": {"post": _op("images from a VAE, GAN or flow model", "sample", IMAGE_CONTENT)},
         "/v1/models/{name}/generate": {"post": _op("text from an LM; stream=true answers text/event-stream",
                                                     "generate", {"application/json": {}, "text/event-stream": {}})},
@@ -55,6 +46,17 @@ def openapi_spec(server: Any) -> dict[str, Any]:
         "/v1/models/{name}/trajectory": {"post": _op("flow: the denoising path — per image a row of states x_t "
                                                       "and a row of predictions of the data, ending in the sample",
                                                       "trajectory", IMAGE_CONTENT)},
+        "/v1/completions": {"post": {
+            "summary": "OpenAI-compatible completions for LM models (model, prompt, max_tokens, temperature, top_p, "
+                       "n, stop, seed, echo, stream, stream_options); errors {\"error\": {message, type, param, "
+                       "code}}: 400 bad parameter, 404 unknown model, 422 prompt outside the vocabulary, 429/503 "
+                       "overloaded",
+            "responses": {"200": {"description": "OK", "content": {"application/json": {}, "text/event-stream": {}}}}}},
+        "/v1/chat/completions": {"post": {
+            "summary": "OpenAI-compatible chat for LM models: messages rendered as a script (SPEAKER:\\n text, "
+                       "see serve/openai_schema.py), the reply ends at a blank line; same fields and errors as "
+                       "/v1/completions (max_completion_tokens too)",
+            "responses": {"200": {"description": "OK", "content": {"application/json": {}, "text/event-stream": {}}}}}},
         "/admin/models/{name}/reload": {"post": {"summary": "swap in a model file (Authorization: Bearer token); "
                                                             "body {\"path\": ...} optional",
                                                  "responses": {"200": {"description": "reloaded"},

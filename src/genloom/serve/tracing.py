@@ -13,7 +13,7 @@ from typing import Any
 try:  # optional extra
     from opentelemetry import trace as _trace
 except ImportError:  # pragma: no cover - depends on the environment
-    _trace = None
+    _trace = None  # type: ignore[assignment]
 
 ENABLED = _trace is not None
 

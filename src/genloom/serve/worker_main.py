@@ -28,9 +28,9 @@ from genloom.serve import ipc
 # imported here so a forkserver preloads them once and every (re)started worker forks with them in memory:
 # a restart after kill -9 then costs a fork and a model load (~50 ms), not a torch import (seconds).
 # workers.configure_preload() adds the LM's modules when an LM is served.
-import torch  # noqa: E402
-import genloom.engine.image  # noqa: E402,F401
-import genloom.export  # noqa: E402,F401
+import torch
+import genloom.engine.image
+import genloom.export  # noqa: F401
 
 
 def _error(e: BaseException) -> dict[str, Any]:

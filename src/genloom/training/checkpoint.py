@@ -7,6 +7,7 @@ leaves either the old or the new checkpoint — never a torn one. Loading uses
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,3 +29,19 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as e:  # a corrupt file: name it and the fix
         raise GenloomError(f"{path}: unreadable checkpoint ({type(e).__name__}); delete it or start without "
                            f"--resume") from None
+
+
+def keep_step_copy(last: Path, step: int, *, keep: int) -> Path:
+    """Hard-link (or copy) ``last`` to ``step-NNNNNNNN.pt`` beside it; delete all but the newest ``keep`` copies."""
+    import shutil
+
+    dest = last.parent / f"step-{step:08d}.pt"
+    tmp = last.parent / f".{dest.name}.tmp"
+    try:
+        os.link(last, tmp)  # last.pt is replaced by rename on the next save, so a link stays intact
+    except OSError:
+        shutil.copyfile(last, tmp)
+    os.replace(tmp, dest)
+    for old in sorted(last.parent.glob("step-*.pt"))[:-keep]:
+        old.unlink(missing_ok=True)
+    return dest

@@ -34,6 +34,7 @@ def launch(nproc: int, train_argv: list[str], *, resume_cmd: str) -> int:
     line naming the rank that failed first."""
     import logging
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -48,6 +49,8 @@ def launch(nproc: int, train_argv: list[str], *, resume_cmd: str) -> int:
                        start_method="spawn")
     try:
         elastic_launch(cfg, entrypoint=sys.executable)("-m", "genloom", *train_argv)
+    except SignalException:  # Ctrl-C / SIGTERM: the agent passed it on; the ranks checkpoint and rank 0 prints
+        return 130  # the resume command
     except ChildFailedError as e:
         rank, f = e.get_first_failure()
         if f.exitcode == 130 or f.exitcode == 2:  # interrupted, or bad input: the rank printed why

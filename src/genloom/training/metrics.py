@@ -9,10 +9,17 @@ from typing import Any
 
 class MetricsLog:
     """Append-only JSON lines. On resume, records past the checkpoint's step are dropped first, so a killed
-    run's tail (logged after its last checkpoint) is not duplicated."""
+    run's tail (logged after its last checkpoint) is not duplicated. With ``tensorboard=True`` every record also
+    goes to TensorBoard event files in the same directory (``training/tensorboard.py``), and ``image`` / ``text``
+    add sample grids and text samples there."""
 
-    def __init__(self, path: Path, *, resume_step: int | None = None) -> None:
+    def __init__(self, path: Path, *, resume_step: int | None = None, tensorboard: bool = False) -> None:
         self.path = path
+        self.tb = None
+        if tensorboard:
+            from genloom.training.tensorboard import TensorBoardLog
+
+            self.tb = TensorBoardLog(path.parent, purge_step=resume_step)
         path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
             path.write_text("")
@@ -23,9 +30,23 @@ class MetricsLog:
 
     def write(self, record: dict[str, Any]) -> None:
         self._f.write(json.dumps(record, default=float) + "\n")
+        if self.tb is not None:
+            self.tb.record(record)
+
+    def image(self, tag: str, step: int, img: Any) -> None:
+        """A sample grid (H, W) in [0, 1] for TensorBoard (no-op without it)."""
+        if self.tb is not None:
+            self.tb.image(tag, step, img)
+
+    def text(self, tag: str, step: int, text: str) -> None:
+        """A text sample for TensorBoard (no-op without it)."""
+        if self.tb is not None:
+            self.tb.text(tag, step, text)
 
     def close(self) -> None:
         self._f.close()
+        if self.tb is not None:
+            self.tb.close()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

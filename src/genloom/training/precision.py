@@ -171,7 +171,7 @@ def time_alternating(step: Callable[[str], None], *, budget_s: float = 3.0) -> t
 @contextlib.contextmanager
 def applied(p: Plan) -> Iterator[Plan]:
     """Process-wide settings for the block (oneDNN bf16 matmuls, TF32), restored afterwards."""
-    mk = torch.backends.mkldnn.matmul
+    mk = torch.backends.mkldnn.matmul  # type: ignore[attr-defined]  # not in torch's stubs
     prev_mk = mk.fp32_precision
     prev_f32 = torch.get_float32_matmul_precision()
     prev_cudnn = torch.backends.cudnn.allow_tf32
@@ -203,7 +203,7 @@ def matmul_precision(precision: str) -> Iterator[str]:
     """Set oneDNN's float32 matmul precision (``ieee`` or ``bf16``) for the block; restores the previous one."""
     if precision not in MATMUL_CHOICES:
         raise ValueError(f"matmul precision must be one of {', '.join(MATMUL_CHOICES)}, not {precision!r}")
-    backend = torch.backends.mkldnn.matmul
+    backend = torch.backends.mkldnn.matmul  # type: ignore[attr-defined]  # not in torch's stubs
     prev = backend.fp32_precision
     backend.fp32_precision = precision
     try:

@@ -26,7 +26,7 @@ from genloom.models.base import GenerativeModel, LossOutput
 from genloom.training import distributed as dd
 from genloom.training import precision as prec
 from genloom.training.allocator import keep_freed_memory
-from genloom.training.checkpoint import load_checkpoint, save_checkpoint
+from genloom.training.checkpoint import keep_step_copy, load_checkpoint, save_checkpoint
 from genloom.training.metrics import MetricsLog, plot_loss_curve
 from genloom.training.schedules import SCHEDULES, lr_factor
 
@@ -51,6 +51,9 @@ class TrainConfig:
     patience: int | None = None  # early stopping: validations without improvement ≥ min_delta
     min_delta: float = 0.0
     checkpoint_every: int = 1  # epochs (also: at every validation when val_every is set)
+    checkpoint_steps: int | None = None  # also every N steps: last.pt and a kept copy step-NNNNNNNN.pt
+    keep_checkpoints: int = 3  # step-*.pt copies kept (the oldest are deleted)
+    tensorboard: bool = True  # TensorBoard event files beside metrics.jsonl (training/tensorboard.py)
     log_every: int = 10
     seed: int = 0
     progress: bool = True
@@ -65,7 +68,8 @@ class TrainConfig:
             raise ConfigError(f"precision must be one of {', '.join(prec.CHOICES)}, not {self.precision!r}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        for name in ("epochs", "steps", "batch_size", "log_every", "checkpoint_every"):
+        for name in ("epochs", "steps", "batch_size", "log_every", "checkpoint_every", "checkpoint_steps",
+                     "keep_checkpoints"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"{name} must be ≥ 1, got {v}")
@@ -78,7 +82,7 @@ class Trainer:
                  *, provenance: dict[str, Any] | None = None,
                  on_epoch_end: list[Callable[["Trainer"], None]] | None = None,
                  on_step: Callable[["Trainer", LossOutput], None] | None = None,
-                 resume: bool = False, resume_cmd: str | None = None) -> None:
+                 resume: bool | str | Path = False, resume_cmd: str | None = None) -> None:
         self.model, self.cfg = model, cfg
         keep_freed_memory()  # no page faults for the same activations every step (allocator.py)
         self.device = resolve_device(cfg.device)
@@ -92,9 +96,9 @@ class Trainer:
             if not hasattr(train, "sharded"):
                 raise GenloomError(f"{type(train).__name__} cannot be sharded over processes yet; train this "
                                    f"family without --nproc / torchrun")
-            train = train.sharded(self.dist.rank, self.dist.world, groups=groups)
+            train = train.sharded(self.dist.rank, self.dist.world, groups=groups)  # type: ignore[attr-defined]
             if val is not None:
-                val = val.sharded(self.dist.rank, self.dist.world, skip_small=False)
+                val = val.sharded(self.dist.rank, self.dist.world, skip_small=False)  # type: ignore[attr-defined]
         model.to(self.device)
         for src in (train, val):
             if src is not None and hasattr(src, "to"):
@@ -135,9 +139,10 @@ class Trainer:
         self._last_val_step = -1
         self.losses: list[float] = []
         self._stop_reason: str | None = None
-        resume_step = self._resume() if resume else None
-        self.log = MetricsLog(self.out / "metrics.jsonl", resume_step=resume_step) if self.dist.is_main \
-            else _NoLog()
+        # resume=True: OUT/checkpoints/last.pt; a path: that checkpoint file, or that run directory's last.pt
+        resume_step = self._resume(self._resume_path(resume)) if resume else None
+        self.log = MetricsLog(self.out / "metrics.jsonl", resume_step=resume_step, tensorboard=cfg.tensorboard) \
+            if self.dist.is_main else _NoLog()
         if self.dist.enabled:
             dd.broadcast_module(self.model)  # the same start everywhere, whatever the seeds did
 
@@ -164,7 +169,7 @@ class Trainer:
             scaler.update()
         else:
             opt.step()
-        return norm
+        return norm  # type: ignore[return-value]  # a 0-d tensor: read later, without a sync here
 
     def request_stop(self, reason: str = "stop requested") -> None:
         """Stop after this step. Call it for decisions every rank makes alike (validation, step counts); a
@@ -211,14 +216,20 @@ class Trainer:
             save_checkpoint(path, self._state())
         return path
 
-    def _resume(self) -> int:
-        ck = load_checkpoint(self.ckpt_dir / "last.pt")
+    def _resume_path(self, resume: bool | str | Path) -> Path:
+        if resume is True:
+            return self.ckpt_dir / "last.pt"
+        p = Path(resume)
+        return p / "checkpoints" / "last.pt" if p.is_dir() else p
+
+    def _resume(self, path: Path) -> int:
+        ck = load_checkpoint(path)
         try:
             self.model.load_state_dict(ck["model"])
             for k, o in self.optimizers.items():
                 o.load_state_dict(ck["optimizers"][k])
         except (KeyError, RuntimeError, ValueError) as e:
-            raise GenloomError(f"{self.ckpt_dir / 'last.pt'}: does not match this model/config ({e}); use the "
+            raise GenloomError(f"{path}: does not match this model/config ({e}); use the "
                                f"same flags as the original run or a new --out") from None
         t = ck["trainer"]
         self.step, self.epoch, self.batch_in_epoch = t["step"], t["epoch"], t["batch_in_epoch"]
@@ -230,6 +241,10 @@ class Trainer:
             torch.cuda.set_rng_state(ck["rng"]["cuda"], self.device)
         self.epoch_gen_state = ck["rng"]["epoch_data"]
         self._resumed_mid_epoch = True
+        self.resumed_from = path
+        if self.dist.is_main:
+            print(f"Resumed from {path} (step {self.step}, epoch {self.epoch}, {self.elapsed:.0f} s trained)",
+                  file=sys.stderr)
         return self.step
 
     # -- validation -----------------------------------------------------------------------------------------
@@ -439,9 +454,10 @@ class Trainer:
                         out = self.model.train_step(batch, self.optimizers, self.step, self)
                     self.step += 1
                     self.batch_in_epoch += 1
-                    self._apply_remote_flags()
                     samples_seen += out.n
                     log_now = self.step % self.cfg.log_every == 0
+                    if check_every_step or log_now:  # reading the flags syncs a GPU: every rank reads at the
+                        self._apply_remote_flags()  # same steps, so every rank still stops at the same step
                     if check_every_step or log_now:
                         loss = float(out.loss.detach())
                         if not math.isfinite(loss):
@@ -460,6 +476,8 @@ class Trainer:
                     bar.update(1)
                     if self.on_step:
                         self.on_step(self, out)
+                    if self.cfg.checkpoint_steps and self.step % self.cfg.checkpoint_steps == 0:
+                        self._checkpoint(t0, keep_step=True)
                     if self.cfg.val_every and self.step % self.cfg.val_every == 0 and self.val_src is not None:
                         self.validate()
                         self._checkpoint(t0)
@@ -492,9 +510,11 @@ class Trainer:
             bar.close()
             self.elapsed += time.monotonic() - t0
 
-    def _checkpoint(self, t0: float) -> None:
+    def _checkpoint(self, t0: float, *, keep_step: bool = False) -> None:
         elapsed, self.elapsed = self.elapsed, self.elapsed + time.monotonic() - t0
-        self.save_checkpoint("last.pt")
+        path = self.save_checkpoint("last.pt")
+        if keep_step and self.dist.is_main:  # --checkpoint-steps: a copy per step count, the newest few kept
+            keep_step_copy(path, self.step, keep=self.cfg.keep_checkpoints)
         self.elapsed = elapsed
 
     def finish(self) -> Path:
@@ -518,9 +538,17 @@ class Trainer:
 
 
 class _NoLog:
-    """Ranks other than 0 write no metrics."""
+    """Ranks other than 0 write no metrics (nor TensorBoard images and text)."""
+
+    tb = None
 
     def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def image(self, tag: str, step: int, img: Any) -> None:
+        pass
+
+    def text(self, tag: str, step: int, text: str) -> None:
         pass
 
     def close(self) -> None:
