@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from genloom import export
 from genloom.engine import backends, lite, load
+from genloom.engine.base import InputError
 from genloom.errors import ModelFileError
 from genloom.models.gan import GAN, GANConfig
 from genloom.models.vae import VAE, VAEConfig
@@ -38,9 +40,13 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-@pytest.mark.parametrize("backend", ["bf16", "int8", "onnx"])
+@pytest.mark.parametrize("backend", ["mixed", "bf16", "int8", "onnx"])
 @pytest.mark.parametrize("name", ["vae-relu", "vae-silu-cond", "gan-mlp", "gan-conv"])
 def test_backend_matches_eager(files: dict[str, Path], name: str, backend: str) -> None:
+    if backend == "mixed" and name == "gan-conv":  # MLPs only: a clear error naming the way out
+        with pytest.raises(InputError, match="mixed runs MLPs .*use bf16 or exact"):
+            load(files[name], backend=backend)
+        return
     ref = load(files[name], backend="eager").sample(32, seed=1)
     eng = load(files[name], backend=backend)
     assert eng.backend == backend
@@ -50,6 +56,27 @@ def test_backend_matches_eager(files: dict[str, Path], name: str, backend: str) 
     assert err <= backends.TOLERANCE[backend], f"{backend} differs from eager by {err}"
     if backend in backends.EXACT:
         assert err <= 1e-5
+
+
+@pytest.mark.parametrize("act", [nn.ReLU(), nn.SiLU(), nn.Tanh(), nn.GELU(), nn.GELU("tanh"), nn.LeakyReLU(0.1),
+                                 nn.Sigmoid()])
+def test_mixed_fuses_each_activation(act: nn.Module) -> None:
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Sequential(nn.Linear(8, 32), act, nn.Linear(32, 48), act, nn.Linear(48, 16)),
+                        nn.Sigmoid()).eval()
+    x = np.random.default_rng(0).standard_normal((5, 8), dtype=np.float32)
+    run = backends.build("mixed", mlp, x)
+    with torch.no_grad():
+        ref = mlp(torch.from_numpy(x)).numpy()
+    out = run(x)
+    assert out.dtype == np.float32 and out.shape == ref.shape
+    assert 0 < float(np.abs(out - ref).max()) <= 1e-2  # bf16 after the first layer: close, not identical
+    single = nn.Sequential(nn.Linear(8, 16), nn.Sigmoid()).eval()  # one layer: all of it fp32
+    with torch.no_grad():
+        np.testing.assert_allclose(backends.build("mixed", single, x)(x), single(torch.from_numpy(x)).numpy(),
+                                   atol=1e-6)
+    with pytest.raises(InputError, match="no fused form of Softplus"):
+        backends.build("mixed", nn.Sequential(nn.Linear(8, 4), nn.Softplus(), nn.Linear(4, 2)), x)
 
 
 @pytest.mark.slow  # inductor compiles for ~45 s on 2 busy cores

@@ -38,7 +38,8 @@ def load(path: str | Path, *, threads: int | None = None, backend: str = "auto",
     threads: intra-op threads for torch/onnxruntime (process-wide for torch); None keeps the default.
     backend: "auto" (default: the fastest backend on this machine whose 8-bit images agree with fp32 within one
     grey level, measured at the first load of the file here and cached; ``engine/autotune.py``), "exact" (fp32
-    eager: bit-reproducible), or one by name: "eager", "compile", "bf16", "int8", "onnx", "numpy"
+    eager: bit-reproducible), or one by name: "eager", "compile", "mixed", "bf16", "int8", "onnx",
+    "numpy"
     (``engine/backends.py``). The LM always runs fp32 eager with its KV cache ("auto" and "exact" alike).
     device: "cpu" (default), "auto" (CUDA when present), "cuda", "cuda:N" or "mps": where the math runs; calls
     still take and return numpy / text, noise is drawn on the CPU. Off the CPU the backend is fp32 eager.

@@ -31,7 +31,7 @@ from genloom.engine import backends
 from genloom.engine.backends import Runner
 from genloom.fileformat import atomic_write
 
-CANDIDATES: tuple[str, ...] = ("bf16", "int8", "onnx")
+CANDIDATES: tuple[str, ...] = ("mixed", "bf16", "int8", "onnx")
 GREY_LEVELS = 1  # the tolerance: max |Δ| of round(255·x) against fp32
 PROBE_ROWS = 256
 TIMING_BATCH = 100

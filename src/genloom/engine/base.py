@@ -16,7 +16,7 @@ from genloom.fileformat import ModelFile
 
 MAX_N = 65_536  # rows per decode/encode call (a server's batch); 65,536 × 784 float32 = 205 MB of output
 IMAGE_HW = (28, 28)
-BACKENDS = ("auto", "exact", "eager", "compile", "bf16", "int8", "onnx", "numpy")  # exact = fp32 eager
+BACKENDS = ("auto", "exact", "eager", "compile", "mixed", "bf16", "int8", "onnx", "numpy")  # exact = fp32 eager
 InputError = RequestError  # bad input to an engine call: ``"<field>: <message>"``, the same text on every transport
 
 

@@ -30,7 +30,7 @@ from genloom.engine import backends, lite
 from genloom.models.gan import GAN, GANConfig
 from genloom.models.vae import VAE, VAEConfig
 
-IMAGE_BACKENDS = ("eager", "onnx", "bf16", "int8", "numpy")
+IMAGE_BACKENDS = ("eager", "onnx", "mixed", "bf16", "int8", "numpy")
 
 
 @dataclass
@@ -108,6 +108,14 @@ def _mlp_flops(sizes: list[int], batch: int) -> float:
     return 2.0 * batch * sum(a * b for a, b in zip(sizes, sizes[1:]))  # one multiply-add = 2 FLOP per weight
 
 
+def _is_mlp(module: nn.Module) -> bool:
+    try:
+        backends.mlp_layers(backends._split_head(module)[0])
+    except ValueError:
+        return False
+    return True
+
+
 def _image_variants(naive: Callable[[], Any], module: nn.Module, x: np.ndarray, path: str,
                     names: tuple[str, ...], threads: int | None) -> dict[str, Callable[[], Any]]:
     variants: dict[str, Callable[[], Any]] = {"naive": naive}
@@ -116,6 +124,8 @@ def _image_variants(naive: Callable[[], Any], module: nn.Module, x: np.ndarray, 
             eng = lite.load(path, threads=threads or torch.get_num_threads())
             variants[name] = partial(eng._forward, x)
             continue
+        if name == "mixed" and not _is_mlp(module):
+            continue  # an MLP-only backend: no row for a conv generator
         run = backends.build(name, module, x, threads=threads)
         variants[name] = partial(run, x)
     return variants

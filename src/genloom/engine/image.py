@@ -93,7 +93,7 @@ class VAEEngine(Engine):
         if y is not None:
             z = np.concatenate([z, onehot(y, self.num_classes)], axis=1)  # (n, latent + C)
         out = self._decode(np.ascontiguousarray(z, dtype=np.float32))
-        return np.clip(out, 0.0, 1.0).reshape(len(z), *IMAGE_HW)  # (n, 28, 28)
+        return np.clip(out, 0.0, 1.0, out=out).reshape(len(z), *IMAGE_HW)  # (n, 28, 28); out is the runner's own
 
 
 class GANEngine(Engine):
@@ -108,7 +108,8 @@ class GANEngine(Engine):
         c = model.config
         self.latent, self.num_classes, self.arch = int(c.latent), int(c.num_classes), str(c.arch)
         net = model.ema if bool(model.sample_from_ema) else model.generator
-        self.generator = _Generator(net).eval()
+        # an MLP generator as a plain Sequential (the same function): the MLP-only backends (mixed) can run it
+        self.generator = (nn.Sequential(net.net, nn.Sigmoid()) if self.arch == "mlp" else _Generator(net)).eval()
         self.backend, self._generate, self.auto = autotune.select(
             backend, self.generator, self.latent, num_classes=self.num_classes, threads=threads,
             cache_key=cache_key)
@@ -126,4 +127,4 @@ class GANEngine(Engine):
         if y is not None:
             z = np.concatenate([z, onehot(y, self.num_classes)], axis=1)  # (n, latent + C)
         out = self._generate(np.ascontiguousarray(z, dtype=np.float32))
-        return np.clip(out, 0.0, 1.0).reshape(len(z), *IMAGE_HW)  # (n, 28, 28)
+        return np.clip(out, 0.0, 1.0, out=out).reshape(len(z), *IMAGE_HW)  # (n, 28, 28); out is the runner's own
