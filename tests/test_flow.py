@@ -291,7 +291,7 @@ def test_distill_recipe_writes_a_few_step_student_file(tmp_path):
     teacher.latent_std.copy_(torch.tensor([1.5, 0.7]))
     tpath = export.save(teacher, tmp_path / "teacher.safetensors")
     out = genloom.train("flow", out=tmp_path / "student", teacher=tpath, steps=4, batch_size=16, distill_pairs=48,
-                        distill_steps=2, teacher_guidance=2.5, threads=1, precision="fp32", no_tensorboard=True)
+                        distill_steps=2, teacher_guidance=2.5, teacher_guidance_interval="0,0.75", threads=1, precision="fp32", no_tensorboard=True)
     student = export.load(out["model"])
     c = student.config
     assert (c.sampler, c.sample_steps, c.guidance, c.distill_guidance) == ("euler", 2, 1.0, 2.5)
@@ -301,6 +301,7 @@ def test_distill_recipe_writes_a_few_step_student_file(tmp_path):
     assert not torch.equal(student.dit.out.weight, teacher.ema.out.weight)  # trained from the teacher's weights
     prov = export.read_header(out["model"]).provenance
     assert prov["distill"] == "reflow" and prov["pairs"] == 48 and prov["teacher_steps"] == 3
+    assert prov["teacher_guidance_interval"] == [0.0, 0.75]
     # the file's defaults are the few-step sampler: 2 Euler evaluations of one B-row batch each
     calls = []
     student.ema.register_forward_hook(lambda mod, inp, o: calls.append(len(inp[0])))
@@ -310,6 +311,8 @@ def test_distill_recipe_writes_a_few_step_student_file(tmp_path):
         genloom.train("flow", out=tmp_path / "x", distill_steps=2, steps=1)
     with pytest.raises(GenloomError, match="--dim does not apply"):
         genloom.train("flow", out=tmp_path / "y", teacher=tpath, dim=64, steps=1)
+    with pytest.raises(GenloomError, match="LO,HI"):
+        genloom.train("flow", out=tmp_path / "w", teacher=tpath, teacher_guidance_interval="0.75", steps=1)
     with pytest.raises(GenloomError, match="already a distilled student"):
         genloom.train("flow", out=tmp_path / "z", teacher=out["model"], steps=1, distill_pairs=16,
                       batch_size=16, precision="fp32", no_tensorboard=True)

@@ -48,6 +48,8 @@ DISTILL_FLAGS: dict[str, tuple[Any, Any, str]] = {
     "distill_steps": (int, 2, "the student's default Euler steps (= network evaluations per sample)"),
     "teacher_steps": (int, None, "the teacher's ODE steps for the pairs (default: the teacher file's)"),
     "teacher_guidance": (float, None, "the teacher's guidance w for the pairs (default: the teacher file's)"),
+    "teacher_guidance_interval": (str, None, "the teacher's guidance interval LO,HI for the pairs (default: the "
+                                  "teacher file's)"),
 }
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"_doc": "3 minutes in all, for a first look", "time_budget": 180.0},
@@ -255,6 +257,16 @@ def load_teacher(path: Path) -> FlowModel:
     return cast(FlowModel, export.load(path))
 
 
+def _interval(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise GenloomError(f"--teacher-guidance-interval must be LO,HI (e.g. 0,0.75), got {text!r}") from None
+    if not 0 <= lo <= hi <= 1:
+        raise GenloomError(f"--teacher-guidance-interval must satisfy 0 ≤ LO ≤ HI ≤ 1, got {text!r}")
+    return lo, hi
+
+
 def build_distill(args: argparse.Namespace, tcfg: TrainConfig) -> Built:
     """Reflow: pairs from the teacher, then the student (the teacher's weights) trained on them."""
     t_start = time.monotonic()
@@ -274,8 +286,12 @@ def build_distill(args: argparse.Namespace, tcfg: TrainConfig) -> Built:
         raise GenloomError(f"--teacher {args.teacher}: is already a distilled student; distil its teacher")
     t_steps = tc.sample_steps if opt["teacher_steps"] is None else opt["teacher_steps"]
     t_w = tc.guidance if opt["teacher_guidance"] is None else opt["teacher_guidance"]
+    interval = (tc.guidance_t_min, tc.guidance_t_max)
+    if opt["teacher_guidance_interval"] is not None:
+        interval = _interval(opt["teacher_guidance_interval"])
     gen = torch.Generator().manual_seed(tcfg.seed)
-    pairs = teacher.reflow_pairs(opt["distill_pairs"], generator=gen, steps=t_steps, guidance=t_w)
+    pairs = teacher.reflow_pairs(opt["distill_pairs"], generator=gen, steps=t_steps, guidance=t_w,
+                                 guidance_interval=interval)
     cond_w = t_w if tc.num_classes else 0.0
     cfg = dataclasses.replace(tc, sampler="euler", sample_steps=opt["distill_steps"],
                               guidance=1.0 if tc.num_classes else 0.0, guidance_t_min=0.0, guidance_t_max=1.0,
@@ -300,7 +316,7 @@ def build_distill(args: argparse.Namespace, tcfg: TrainConfig) -> Built:
     prov = {"teacher": str(args.teacher), "teacher_provenance": export.read_header(args.teacher).provenance,
             "distill": "reflow", "pairs": opt["distill_pairs"], "teacher_sampler": tc.sampler,
             "teacher_steps": t_steps, "teacher_guidance": t_w,
-            "teacher_guidance_interval": [tc.guidance_t_min, tc.guidance_t_max],
+            "teacher_guidance_interval": list(interval),
             "pair_seconds": round(stage1, 1), "batch_size": tcfg.batch_size, "lr": tcfg.lr}
 
     def after(path: Path, trainer: Trainer) -> dict[str, Any]:
