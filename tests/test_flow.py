@@ -201,8 +201,11 @@ def test_guidance_interval_applies_w_only_inside_it():
     m = _tiny_flow()
     noise, y = torch.randn(4, 2, 7, 7), torch.tensor([1, 2, 3, 4])
     kw = {"labels": y, "steps": 3, "sampler": "euler"}
-    full = m.sample_latents(noise, guidance=3.0, **kw)
-    assert torch.equal(m.sample_latents(noise, guidance=3.0, guidance_interval=(0.0, 1.0), **kw), full)
+    full = m.sample_latents(noise, guidance=3.0, guidance_interval=(0.0, 1.0), **kw)
+    c = m.config  # the file's interval is the default
+    assert torch.equal(m.sample_latents(noise, guidance=3.0, **kw),
+                       m.sample_latents(noise, guidance=3.0, guidance_interval=(c.guidance_t_min, c.guidance_t_max),
+                                        **kw))
     # Euler never evaluates at t = 0: an interval [0, 0] is the conditional sampler (w = 1) throughout
     assert torch.equal(m.sample_latents(noise, guidance=3.0, guidance_interval=(0.0, 0.0), **kw),
                        m.sample_latents(noise, guidance=1.0, **kw))

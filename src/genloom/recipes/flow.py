@@ -63,11 +63,11 @@ MODEL_FLAGS: dict[str, tuple[Any, Any, str]] = {  # flag name -> (type, default,
     "ema_kimg": (float, 10.0, "EMA half-life cap in thousands of samples (0 = no EMA)"),
     "sampler": (str, "heun", f"default ODE sampler: {', '.join(SAMPLERS)}"),
     "sample_steps": (int, 4, "default ODE steps"),
-    "guidance": (float, 2.0, "default guidance w (0 unconditional, 1 conditional, > 1 guided)"),
+    "guidance": (float, 4.0, "default guidance w (0 unconditional, 1 conditional, > 1 guided)"),
     "time_shift": (float, 1.0, "sampling time shift s (> 1: more steps near noise)"),
     "guidance_t_min": (float, 0.0, "default guidance interval: guidance applies for t in [min, max] (t = 1 noise), "
                        "the conditional velocity (w = 1) outside"),
-    "guidance_t_max": (float, 1.0, "default guidance interval: upper end"),
+    "guidance_t_max": (float, 0.5, "default guidance interval: upper end"),
     "t_std": (float, 1.0, "logit-normal training time: std of the normal"),
 }
 AE_FLAGS: dict[str, tuple[Any, Any, str]] = {
