@@ -10,8 +10,7 @@ import os
 import torch
 
 from genloom.errors import GenloomError
-
-CHOICES_HELP = "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps"
+from genloom.options import DEVICE_CHOICES_HELP as CHOICES_HELP
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
