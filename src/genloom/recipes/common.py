@@ -161,6 +161,8 @@ def run(rec: ModuleType, args: argparse.Namespace, *, resume_cmd: str | None = N
         argv = shlex.split(resume_cmd)[1:]  # "train FAMILY …options… --resume"
         if not args.resume:
             argv = argv[:-1]
+        elif args.resume is not True:  # --resume CHECKPOINT: every rank resumes from that file, not OUT's last.pt
+            argv.append(str(args.resume))
         rc = launch(args.nproc, strip_nproc(argv), resume_cmd=resume_cmd)
         if rc:
             raise SystemExit(rc)
