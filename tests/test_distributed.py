@@ -2,8 +2,9 @@
 gloo — 2 processes with global batch B reproduce 1 process with batch B, step by step, for every family; two
 "nodes" over loopback; resume at another world size; a rank killed with SIGKILL.
 
-The runs are real `genloom train` processes (tiny models, 1 thread per rank, fp32 so that both sides compute the
-same math; float reduction order is the only difference)."""
+The data-parallel runs are real `genloom train` processes (tiny models, 1 thread per rank, fp32 so that both sides
+compute the same math; float reduction order is the only difference); the 1-process runs they are compared with
+run the same CLI inside the test process."""
 from __future__ import annotations
 
 import json
@@ -74,13 +75,18 @@ def test_text_shards() -> None:
 
 
 # -- end to end -------------------------------------------------------------------------------------------------
-# Each run is a real `genloom train` process tree; the runs several tests compare against are trained once per
-# module (fixtures below), so the file costs about one process start per claim.
-def _train(args: list[str], out: Path, *, nproc: int = 1, timeout: float = 900) -> subprocess.CompletedProcess:
-    cmd = GENLOOM + ["train", *args, "--out", str(out), *FLAGS] + (["--nproc", str(nproc)] if nproc > 1 else [])
+# The data-parallel runs are real `genloom train` process trees (launcher + ranks); the 1-process runs they are
+# compared with run the same CLI in this process, and the ones several tests compare against are trained once per
+# module (fixtures below).
+def _train(args: list[str], out: Path, *, nproc: int = 1, timeout: float = 900) -> None:
+    """``genloom train … --out OUT``: one process runs here, in the test's own process (the same CLI code path,
+    without a second interpreter's start-up); ``nproc`` > 1 is the real launcher and its rank processes."""
+    if nproc == 1:
+        assert cli.main(["train", *args, "--out", str(out), *FLAGS]) == 0
+        return
+    cmd = GENLOOM + ["train", *args, "--out", str(out), *FLAGS, "--nproc", str(nproc)]
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, r.stderr[-3000:]
-    return r
 
 
 FLAGS = ["--log-every", "1", "--precision", "fp32", "--no-progress", "--threads", "1", "--no-tensorboard"]

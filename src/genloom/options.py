@@ -1,7 +1,8 @@
 """``--device`` and ``--precision``: the one definition of the two options every command that runs a model takes
 (``train``, ``eval``, ``sample``, ``serve``, ``worker``, ``bench``). Torch-free, so that building the CLI's parser
-does not import torch; the rules themselves are in ``genloom/device.py`` (devices), ``training/precision.py``
-(training) and ``engine.load(precision=...)`` (inference)."""
+does not import torch; the rules themselves are in ``genloom/device.py`` (devices, and ``check_device_precision``:
+the early check every command makes), ``training/precision.py`` (training) and ``engine.load(precision=...)``
+(inference)."""
 from __future__ import annotations
 
 import argparse
@@ -37,23 +38,3 @@ def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise GenloomError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     return precision
-
-
-def check_device_precision(device: str, precision: str) -> None:
-    """Fail before any work (a server before it binds, a worker before it connects) with one line naming the
-    problem and the fix: an unknown or absent device, an unknown precision, fp16 on a CPU. Imports torch only for
-    a device other than the CPU."""
-    check_precision(precision)
-    dev_type = "cpu"
-    if (device or "").strip().lower() != "cpu":
-        from genloom.device import resolve_device
-
-        dev_type = resolve_device(device).type
-    if precision == "fp16" and dev_type == "cpu":
-        raise GenloomError("--precision fp16 is for GPUs (--device cuda or mps); on a CPU use --precision bf16, fp32 "
-                           "or auto")
-
-
-def check_device_options(args: argparse.Namespace) -> None:
-    """``check_device_precision`` for a parsed command line with ``add_device_options``."""
-    check_device_precision(getattr(args, "device", "cpu"), getattr(args, "precision", "auto") or "auto")

@@ -5,7 +5,7 @@ import argparse
 import json
 
 from genloom.errors import GenloomError
-from genloom.options import add_device_options, check_device_options
+from genloom.options import add_device_options
 
 GROUPS = ("vae", "gan", "lm", "train", "flow")
 
@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from genloom.engine import bench
     from genloom.engine.backends import FACTORIES
+
+    from genloom.device import check_device_options
 
     check_device_options(args)  # an absent device: one line with the fix, before any model is built
     only = {s.strip() for s in args.only.split(",") if s.strip()}

@@ -41,7 +41,7 @@ def register(sub: Any) -> None:
 
 def evaluate_file(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The evaluation of the model file at ``path`` with the options of ``genloom eval`` in ``args``."""
-    from genloom.options import check_device_precision
+    from genloom.device import check_device_precision
 
     h = export.read_header(path)
     evaluators = {"vae": evaluate_vae, "gan": evaluate_gan, "lm": evaluate_lm, "flow": evaluate_flow}

@@ -127,7 +127,7 @@ def _synced(fn: Callable[[], Any]) -> Callable[[], Any]:
 def backend_names(names: tuple[str, ...], device: torch.device, precision: str) -> tuple[str, ...]:
     """The backends ``genloom bench --backends … --device … --precision …`` times (see the module's docstring)."""
     from genloom.errors import GenloomError
-    from genloom.options import check_device_precision
+    from genloom.device import check_device_precision
 
     check_device_precision(str(device), precision)
     if device.type != "cpu":

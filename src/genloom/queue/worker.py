@@ -90,7 +90,7 @@ class WorkerConfig:
         if not self.lease_s > 0 or self.depth_interval_s < 0:
             raise ValueError("--lease-s must be > 0 and --depth-interval ≥ 0")
         self.topology  # noqa: B018 - the property validates queue_type and delivery_limit
-        from genloom.options import check_device_precision
+        from genloom.device import check_device_precision
 
         check_device_precision(self.device, self.precision)  # before connecting: one line naming the fix
 

@@ -59,7 +59,7 @@ class ModelSettings:
             if not ok:
                 raise GenloomError(f"serve setting {name}={getattr(self, name)!r} is out of range; "
                                    f"use a positive value")
-        from genloom.options import check_device_precision
+        from genloom.device import check_device_precision
 
         check_device_precision(self.device, self.precision)  # before any worker starts: one line with the fix
 
