@@ -13,6 +13,8 @@ Sources, later wins: built-in defaults < ``--config FILE.toml`` < command-line f
     [models.vae]          # one model (the name as in NAME=PATH)
     path = "runs/vae/model.safetensors"
     max_queue = 512
+    device = "cuda:1"     # where its worker runs it, and in what precision (genloom.engine.load)
+    precision = "bf16"
 """
 from __future__ import annotations
 
