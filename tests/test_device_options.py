@@ -154,3 +154,17 @@ def test_bench_on_the_cpu_times_the_backends_of_the_precision(capsys: pytest.Cap
         assert out["machine"]["device"] == "cpu" and out["machine"]["precision"] == precision
     assert main([*base[:-3], "--backends", "int8", "--precision", "bf16"]) == 2
     assert "leaves none of --backends int8" in capsys.readouterr().err
+
+
+def test_serve_config_file_sets_device_and_precision_per_model(vae_path: Path, tmp_path: Path) -> None:
+    from genloom.serve.config import load_config
+
+    toml = tmp_path / "serve.toml"
+    toml.write_text(f'[defaults]\nprecision = "fp32"\n[models.v]\npath = "{vae_path}"\ndevice = "cpu"\n'
+                    f'[models.w]\npath = "{vae_path}"\nprecision = "bf16"\n')
+    cfg = {m.name: m.settings for m in load_config(models=[], config_file=toml).models}
+    assert (cfg["v"].device, cfg["v"].precision, cfg["w"].device, cfg["w"].precision) == ("cpu", "fp32", "cpu", "bf16")
+    if not torch.cuda.is_available():
+        toml.write_text(f'[models.v]\npath = "{vae_path}"\ndevice = "cuda"\n')
+        with pytest.raises(GenloomError, match="no CUDA device available"):
+            load_config(models=[], config_file=toml)
