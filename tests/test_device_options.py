@@ -168,3 +168,15 @@ def test_serve_config_file_sets_device_and_precision_per_model(vae_path: Path, t
         toml.write_text(f'[models.v]\npath = "{vae_path}"\ndevice = "cuda"\n')
         with pytest.raises(GenloomError, match="no CUDA device available"):
             load_config(models=[], config_file=toml)
+
+
+def test_eval_precision(vae_path: Path, idx_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """eval --precision auto scores in fp32 (the same as fp32); bf16 runs under autocast: close, not identical."""
+    res = {}
+    for precision in ("auto", "fp32", "bf16"):
+        assert main(["eval", str(vae_path), "--data", str(idx_dir), "--iwae-k", "0", "--json", "--device", "cpu",
+                     "--precision", precision]) == 0
+        res[precision] = json.loads(capsys.readouterr().out)
+    key = next(k for k, v in res["fp32"].items() if isinstance(v, float))
+    assert res["auto"][key] == res["fp32"][key]
+    assert res["bf16"][key] == pytest.approx(res["fp32"][key], rel=1e-2) and res["bf16"][key] != res["fp32"][key]
