@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from genloom import export
-from genloom.engine import backends, lite, load
+from genloom.engine import autotune, backends, lite, load
 from genloom.engine.base import InputError
 from genloom.errors import ModelFileError
 from genloom.models.gan import GAN, GANConfig
@@ -87,12 +87,16 @@ def test_compile_matches_eager(files: dict[str, Path]) -> None:
     assert float(np.abs(out - ref).max()) <= backends.TOLERANCE["compile"]
 
 
-def test_auto_picks_an_exact_backend(files: dict[str, Path]) -> None:
+def test_auto_agrees_with_eager_within_a_grey_level(files: dict[str, Path]) -> None:
+    # which backend wins is measured (timing), so either an exact one or a lossy one within one grey level
     for name in ("vae-relu", "gan-mlp"):
         eng = load(files[name])
-        assert eng.backend in backends.EXACT
-        np.testing.assert_allclose(eng.sample(8, seed=0), load(files[name], backend="eager").sample(8, seed=0),
-                                   atol=1e-5)
+        ref, out = load(files[name], backend="eager").sample(8, seed=0), eng.sample(8, seed=0)
+        if eng.backend in backends.EXACT:
+            np.testing.assert_allclose(out, ref, atol=1e-5)
+        else:
+            assert eng.backend in autotune.CANDIDATES and eng.auto is not None
+            assert int(np.abs(np.rint(out * 255) - np.rint(ref * 255)).max()) <= 1
 
 
 @pytest.mark.parametrize("name", ["vae-relu", "vae-silu-cond", "gan-mlp", "gan-conv", "gan-conv-k4"])

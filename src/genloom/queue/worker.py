@@ -62,6 +62,8 @@ class WorkerConfig:
     metrics_host: str = "127.0.0.1"
     threads: int = 1  # torch intra-op threads of this process
     backend: str = "auto"  # engine backend (genloom.engine.load); "exact" for bit-reproducible fp32
+    device: str = "cpu"  # where the models run (genloom.engine.load(device=...))
+    precision: str = "auto"  # the models' type (genloom.engine.load(precision=...))
     max_n: int = DEFAULT_LIMITS.max_n  # request caps: the same defaults as every transport (core/requests.py)
     max_new_tokens: int = DEFAULT_LIMITS.max_new_tokens
     name: str = "genloom-worker"  # the connection name shown by `rabbitmqctl list_connections`
@@ -88,19 +90,24 @@ class WorkerConfig:
         if not self.lease_s > 0 or self.depth_interval_s < 0:
             raise ValueError("--lease-s must be > 0 and --depth-interval ≥ 0")
         self.topology  # noqa: B018 - the property validates queue_type and delivery_limit
+        from genloom.device import check_device_precision
+
+        check_device_precision(self.device, self.precision)  # before connecting: one line naming the fix
 
 
 class ModelRunner:
     """One loaded model: ``run`` executes a batch of validated requests (``core.runner.run_batch``) and encodes
     each result for the wire (``messages.encode_images`` / ``{"text": ...}``)."""
 
-    def __init__(self, name: str, path: str, *, threads: int | None = 1, backend: str = "auto") -> None:
+    def __init__(self, name: str, path: str, *, threads: int | None = 1, backend: str = "auto", device: str = "cpu",
+                 precision: str = "auto") -> None:
         from genloom import engine
         from genloom.export import read_header
 
         self.name, self.path = name, path
         lm = read_header(path).kind == "lm"  # the LM has one backend (eager, KV cache)
-        self.engine = engine.load(path, threads=threads, backend="auto" if lm else backend)
+        self.engine = engine.load(path, threads=threads, backend="auto" if lm else backend, device=device,
+                                  precision=precision)
         self.kind: str = self.engine.kind
         self.info = ModelInfo.of_header(self.engine.header)
 
@@ -165,7 +172,8 @@ class QueueWorker:
     async def start(self) -> None:
         cfg = self.config
         for name, path in cfg.models.items():
-            self.runners[name] = ModelRunner(name, path, threads=cfg.threads, backend=cfg.backend)
+            self.runners[name] = ModelRunner(name, path, threads=cfg.threads, backend=cfg.backend, device=cfg.device,
+                                             precision=cfg.precision)
             self._executors[name] = concurrent.futures.ThreadPoolExecutor(
                 1, thread_name_prefix=f"model-{name}", initializer=_thread_setup, initargs=(cfg.threads,))
         if cfg.metrics_port:
