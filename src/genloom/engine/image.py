@@ -11,12 +11,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from genloom.engine import autotune
+from genloom.engine import autotune, backends
 from genloom.engine.base import (IMAGE_HW, Engine, check_images, check_labels, check_latent,
                                  check_seed, check_steps, noise, onehot, sample_inputs, slerp)
 from genloom.export import ModelFile
 
 ZOrSeed = int | Sequence[float] | np.ndarray
+
+
+def _in_range(out: np.ndarray, backend: str) -> np.ndarray:
+    """The runner's output clipped to [0, 1] in place, unless its last op (torch's sigmoid) already keeps it there."""
+    return out if backend in backends.SIGMOID_IN_RANGE else np.clip(out, 0.0, 1.0, out=out)
 
 
 class _Generator(nn.Module):
@@ -93,7 +98,7 @@ class VAEEngine(Engine):
         if y is not None:
             z = np.concatenate([z, onehot(y, self.num_classes)], axis=1)  # (n, latent + C)
         out = self._decode(np.ascontiguousarray(z, dtype=np.float32))
-        return np.clip(out, 0.0, 1.0, out=out).reshape(len(z), *IMAGE_HW)  # (n, 28, 28); out is the runner's own
+        return _in_range(out, self.backend).reshape(len(z), *IMAGE_HW)  # (n, 28, 28)
 
 
 class GANEngine(Engine):
@@ -127,4 +132,4 @@ class GANEngine(Engine):
         if y is not None:
             z = np.concatenate([z, onehot(y, self.num_classes)], axis=1)  # (n, latent + C)
         out = self._generate(np.ascontiguousarray(z, dtype=np.float32))
-        return np.clip(out, 0.0, 1.0, out=out).reshape(len(z), *IMAGE_HW)  # (n, 28, 28); out is the runner's own
+        return _in_range(out, self.backend).reshape(len(z), *IMAGE_HW)  # (n, 28, 28)
