@@ -3,7 +3,8 @@
     python benchmarks/flow_fid.py RUN/model.safetensors [more files] --n 2000 \
         --settings heun:8:1 euler:4:0 heun:2:0 heun:8:2 [--autoencoder RUN/autoencoder/model.safetensors]
 
-Each setting is sampler:steps:guidance (guidance 0 = unconditional). Prints one JSON line per file and setting.
+Each setting is sampler:steps:guidance[:tmin-tmax] (guidance 0 = unconditional; tmin-tmax the guidance interval,
+default the file's). Prints one JSON line per file and setting.
 The autoencoder floor is the FID of test-set reconstructions decode(μ(x)): no sampler can do better than it.
 """
 from __future__ import annotations
@@ -46,11 +47,15 @@ def main() -> None:
         model = export.load(f)
         prov = export.read_header(f).provenance
         for s in a.settings:
-            sampler, steps, w = s.split(":")
+            sampler, steps, w, *rest = s.split(":")
+            interval = tuple(float(v) for v in rest[0].split("-")) if rest else None
             t0 = time.monotonic()
-            r = fid_and_accuracy(model, clf, real, n=a.n, sampler=sampler, steps=int(steps), guidance=float(w))
+            r = fid_and_accuracy(model, clf, real, n=a.n, sampler=sampler, steps=int(steps), guidance=float(w),
+                                 guidance_interval=interval)
+            used = interval or (model.config.guidance_t_min, model.config.guidance_t_max)
             print(json.dumps({"file": str(f), "run_seconds": prov.get("run_seconds", prov.get("total_train_seconds")),
-                              "sampler": sampler, "steps": int(steps), "guidance": float(w), "n": a.n, **r,
+                              "sampler": sampler, "steps": int(steps), "guidance": float(w),
+                              "guidance_interval": list(used), "n": a.n, **r,
                               "eval_seconds": round(time.monotonic() - t0, 1)}), flush=True)
 
 

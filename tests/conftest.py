@@ -28,6 +28,18 @@ def make_idx_dataset(d: Path, *, n_train: int = 600, n_test: int = 200, seed: in
     return d
 
 
+@pytest.fixture(scope="session")
+def fmnist():
+    """The real Fashion-MNIST splits (Debian's dataset-fashion-mnist or $GENLOOM_DATA); skips where absent."""
+    from genloom.data.images import load_images
+    from genloom.errors import DataError
+
+    try:
+        return load_images("fashion-mnist")
+    except DataError as e:
+        pytest.skip(f"Fashion-MNIST not available: {e}")
+
+
 @pytest.fixture
 def idx_dir(tmp_path: Path) -> Path:
     return make_idx_dataset(tmp_path / "fake-mnist")
@@ -35,6 +47,7 @@ def idx_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _small_threads_and_no_leaked_grad_mode():
+    # tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP spinning under contention
     torch.set_num_threads(1)
     yield
     if not torch.is_grad_enabled():  # a test (or the code under test) switched autograd off globally

@@ -9,20 +9,10 @@ import torch
 
 from genloom import export
 from genloom.cli import main
-from genloom.data.images import load_images
-from genloom.errors import DataError
 from genloom.eval.fid import ASSET_DIR
 from genloom.models.classifier import Classifier, ClassifierConfig
 
 SHIPPED = ASSET_DIR / "fmnist_classifier.safetensors"
-
-
-@pytest.fixture(scope="module")
-def fmnist():
-    try:
-        return load_images("fashion-mnist")
-    except DataError as e:
-        pytest.skip(f"Fashion-MNIST not available: {e}")
 
 
 def test_shipped_classifier_is_small_and_accurate(fmnist) -> None:

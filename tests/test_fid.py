@@ -14,17 +14,6 @@ from genloom.eval.fid import (ASSET_DIR, feature_stats, features, fid, find_clas
                               load_classifier)
 
 
-@pytest.fixture(scope="module")
-def fmnist():
-    from genloom.data.images import load_images
-    from genloom.errors import DataError
-
-    try:
-        return load_images("fashion-mnist")
-    except DataError as e:
-        pytest.skip(f"Fashion-MNIST not available: {e}")
-
-
 def _random_cov(rng: np.random.Generator, d: int) -> np.ndarray:
     a = rng.normal(size=(d, d))
     return a @ a.T / d + 0.1 * np.eye(d)

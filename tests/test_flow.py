@@ -9,8 +9,9 @@ import torch
 from genloom import export
 from genloom.models.autoencoder import Autoencoder, AutoencoderConfig
 from genloom.models.dit import DiT, DiTBlock
-from genloom.models.flow import (FlowConfig, FlowModel, flow_matching_loss, integrate, logit_normal,
-                                 network_evaluations, time_grid)
+from genloom.errors import GenloomError
+from genloom.models.flow import (FlowConfig, FlowModel, ReflowBatch, flow_matching_loss, guidance_at, integrate,
+                                 logit_normal, network_evaluations, reflow_loss, time_grid)
 
 
 def _optimal_velocity(mu: float, s2: float):
@@ -192,3 +193,129 @@ def test_autoencoder_losses_and_adversarial_phase():
     mu, logvar = ae.encode(x)
     assert mu.shape == logvar.shape == (8, 2, 7, 7)
     assert ae.decode(mu).shape == (8, 1, 28, 28)
+
+
+def test_guidance_interval_applies_w_only_inside_it():
+    assert guidance_at(0.7, 3.0, (0.5, 1.0)) == 3.0 and guidance_at(0.3, 3.0, (0.5, 1.0)) == 1.0
+    assert guidance_at(0.3, 0.0, (0.5, 1.0)) == 0.0  # unconditional stays unconditional
+    m = _tiny_flow()
+    noise, y = torch.randn(4, 2, 7, 7), torch.tensor([1, 2, 3, 4])
+    kw = {"labels": y, "steps": 3, "sampler": "euler"}
+    full = m.sample_latents(noise, guidance=3.0, guidance_interval=(0.0, 1.0), **kw)
+    c = m.config  # the file's interval is the default
+    assert torch.equal(m.sample_latents(noise, guidance=3.0, **kw),
+                       m.sample_latents(noise, guidance=3.0, guidance_interval=(c.guidance_t_min, c.guidance_t_max),
+                                        **kw))
+    # Euler never evaluates at t = 0: an interval [0, 0] is the conditional sampler (w = 1) throughout
+    assert torch.equal(m.sample_latents(noise, guidance=3.0, guidance_interval=(0.0, 0.0), **kw),
+                       m.sample_latents(noise, guidance=1.0, **kw))
+    # [0.5, 1]: guided at t = 1 and 2/3, conditional at t = 1/3 — neither of the two
+    part = m.sample_latents(noise, guidance=3.0, guidance_interval=(0.5, 1.0), **kw)
+    assert not torch.equal(part, full) and not torch.equal(part, m.sample_latents(noise, guidance=1.0, **kw))
+    with pytest.raises(ValueError, match="interval"):
+        FlowConfig(guidance_t_min=0.6, guidance_t_max=0.4)
+
+
+def test_reflow_straightens_the_paths_so_one_euler_step_lands_on_the_teachers_endpoint():
+    """Teacher: the exact velocity field of N(μ, diag s²) data (closed form above). Its paths are curved, and one
+    Euler step from t = 1 lands every sample on μ. A student trained with ``reflow_loss`` on (ε, teacher ODE(ε))
+    pairs must reach the teacher's many-step endpoint in one step."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    mu, s2 = torch.tensor([1.0, -1.0], dtype=torch.float64), torch.tensor([0.25, 4.0], dtype=torch.float64)
+    v_star, _ = _optimal_velocity(mu, s2)  # type: ignore[arg-type]
+
+    def teacher(eps: torch.Tensor, steps: int, method: str) -> torch.Tensor:
+        return integrate(v_star, eps.double(), time_grid(steps).double(), method=method).float()
+
+    eps = torch.randn(4096, 2, generator=g)
+    pairs = ReflowBatch(eps, teacher(eps, 100, "heun"), torch.zeros(4096, dtype=torch.long))
+    assert torch.allclose(pairs.target.double(), mu + s2.sqrt() * eps.double(), atol=1e-3)  # the exact map
+    net = torch.nn.Sequential(torch.nn.Linear(3, 64), torch.nn.SiLU(), torch.nn.Linear(64, 64), torch.nn.SiLU(),
+                              torch.nn.Linear(64, 2))
+
+    def student(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return net(torch.cat([x, t.reshape(-1, 1).expand(len(x), 1).to(x.dtype)], 1))
+
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(600):
+        idx = torch.randint(0, 4096, (256,), generator=g)
+        loss = reflow_loss(student, pairs.noise[idx], pairs.target[idx], torch.rand(256, generator=g)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    test = torch.randn(1000, 2, generator=g)
+    want = teacher(test, 100, "heun")
+    with torch.no_grad():
+        one_student = integrate(student, test, time_grid(1), method="euler")
+    one_teacher = teacher(test, 1, "euler")
+    err_student = float((one_student - want).pow(2).sum(1).mean())
+    err_teacher = float((one_teacher - want).pow(2).sum(1).mean())  # ≈ E‖s·ε‖² = 4.25
+    assert err_teacher > 3.5 and err_student < 0.05 * err_teacher
+
+
+def test_reflow_loss_of_the_model_trains_on_pairs():
+    torch.manual_seed(0)
+    m = FlowModel(FlowConfig(ae_channels=2, ae_dim=8, dim=32, depth=2, heads=2, num_classes=10))
+    batch = ReflowBatch(torch.randn(32, 2, 7, 7), torch.randn(32, 2, 7, 7), torch.randint(0, 11, (32,)))
+    opt = torch.optim.Adam(m.dit.parameters(), lr=3e-3)
+
+    def fixed() -> float:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(5)
+            return float(m.loss(batch).loss)
+
+    before = fixed()
+    for _ in range(40):
+        opt.zero_grad()
+        m.loss(batch).loss.backward()
+        opt.step()
+    assert fixed() < 0.8 * before
+
+
+def test_reflow_pairs_are_the_teachers_samples_of_their_noise():
+    m = _tiny_flow()
+    pairs = m.reflow_pairs(40, generator=torch.Generator().manual_seed(3), uncond_frac=0.25, batch_size=16)
+    assert pairs.noise.shape == pairs.target.shape == (40, 2, 7, 7)
+    cond = pairs.labels < 10
+    assert 0 < int((~cond).sum()) < 40
+    i = int(torch.nonzero(cond)[0])
+    j = int(torch.nonzero(~cond)[0])
+    want_c = m.sample_latents(pairs.noise[i:i + 1], labels=pairs.labels[i:i + 1])
+    want_u = m.sample_latents(pairs.noise[j:j + 1], guidance=0.0)
+    assert torch.allclose(pairs.target[i:i + 1], want_c, atol=1e-5)
+    assert torch.allclose(pairs.target[j:j + 1], want_u, atol=1e-5)
+
+
+def test_distill_recipe_writes_a_few_step_student_file(tmp_path):
+    import genloom
+
+    teacher = _tiny_flow()
+    teacher.latent_std.copy_(torch.tensor([1.5, 0.7]))
+    tpath = export.save(teacher, tmp_path / "teacher.safetensors")
+    out = genloom.train("flow", out=tmp_path / "student", teacher=tpath, steps=4, batch_size=16, distill_pairs=48,
+                        distill_steps=2, teacher_guidance=2.5, teacher_guidance_interval="0,0.75", threads=1, precision="fp32", no_tensorboard=True)
+    student = export.load(out["model"])
+    c = student.config
+    assert (c.sampler, c.sample_steps, c.guidance, c.distill_guidance) == ("euler", 2, 1.0, 2.5)
+    assert (c.dim, c.depth, c.ae_channels) == (teacher.config.dim, teacher.config.depth, 2)
+    assert torch.equal(student.latent_std, teacher.latent_std)
+    assert torch.equal(student.decoder.net[0].weight, teacher.decoder.net[0].weight)
+    assert not torch.equal(student.dit.out.weight, teacher.ema.out.weight)  # trained from the teacher's weights
+    prov = export.read_header(out["model"]).provenance
+    assert prov["distill"] == "reflow" and prov["pairs"] == 48 and prov["teacher_steps"] == 3
+    assert prov["teacher_guidance_interval"] == [0.0, 0.75]
+    # the file's defaults are the few-step sampler: 2 Euler evaluations of one B-row batch each
+    calls = []
+    student.ema.register_forward_hook(lambda mod, inp, o: calls.append(len(inp[0])))
+    student.generate(5, generator=torch.Generator().manual_seed(0))
+    assert calls == [5, 5]
+    with pytest.raises(GenloomError, match="--teacher"):
+        genloom.train("flow", out=tmp_path / "x", distill_steps=2, steps=1)
+    with pytest.raises(GenloomError, match="--dim does not apply"):
+        genloom.train("flow", out=tmp_path / "y", teacher=tpath, dim=64, steps=1)
+    with pytest.raises(GenloomError, match="LO,HI"):
+        genloom.train("flow", out=tmp_path / "w", teacher=tpath, teacher_guidance_interval="0.75", steps=1)
+    with pytest.raises(GenloomError, match="already a distilled student"):
+        genloom.train("flow", out=tmp_path / "z", teacher=out["model"], steps=1, distill_pairs=16,
+                      batch_size=16, precision="fp32", no_tensorboard=True)

@@ -13,8 +13,6 @@ from genloom import export
 from genloom.cli import main
 from genloom.engine import load
 from genloom.engine.base import noise
-from genloom.data.images import load_images
-from genloom.errors import DataError
 from genloom.training.metrics import read_metrics
 
 pytestmark = pytest.mark.timeout(240)
@@ -23,11 +21,8 @@ TINY = ["--dim", "8", "--latent", "16", "--kernel", "4", "--batch-size", "16", "
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _fmnist():
-    try:
-        load_images("fashion-mnist")
-    except DataError as e:
-        pytest.skip(f"Fashion-MNIST not available: {e}")
+def _fmnist(fmnist):
+    """Every test here trains on the real Fashion-MNIST (conftest's fixture skips where it is absent)."""
 
 
 @pytest.mark.parametrize("loss", ["wgan-gp", "hinge", "r3gan"])

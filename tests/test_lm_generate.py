@@ -8,15 +8,6 @@ from genloom.errors import GenloomError
 from genloom.models.lm_generate import DecodeBatch, generate, generate_uncached, sample_rows, stream
 from genloom.models.transformer import LMConfig, TransformerLM
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP spinning under contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 VOCAB = sorted(set("abcdefghlo \n"))
 
 

@@ -17,16 +17,6 @@ from genloom.eval.lm import evaluate_lm
 from genloom.models.transformer import LMConfig, TransformerLM
 
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP spinning under contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     """The first 20k characters of the Tiny Shakespeare copy shipped inside the package."""

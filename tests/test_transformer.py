@@ -14,15 +14,6 @@ from genloom.errors import GenloomError
 from genloom.models import model_class
 from genloom.models.transformer import LMConfig, TransformerLM
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP spinning under contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 VOCAB = sorted(set("abcdefgh \n"))
 
 

@@ -10,9 +10,7 @@ import pytest
 
 from genloom import export
 from genloom.cli import main
-from genloom.data.images import load_images
 from genloom.engine import lite, load
-from genloom.errors import DataError
 from genloom.recipes import vae as vae_recipe
 from genloom.training.metrics import read_metrics
 
@@ -21,11 +19,8 @@ SMALL = ["--subset", "640", "--threads", "1", "--no-progress", "--log-every", "1
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _fmnist():
-    try:
-        load_images("fashion-mnist")
-    except DataError as e:
-        pytest.skip(f"Fashion-MNIST not available: {e}")
+def _fmnist(fmnist):
+    """Every test here trains on the real Fashion-MNIST (conftest's fixture skips where it is absent)."""
 
 
 def test_time_budget_run_anneals_and_scores_its_last_steps(tmp_path, capsys) -> None:

@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,6 +20,7 @@ from genloom.export import save
 from genloom.models.gan import GAN, GANConfig
 from genloom.models.transformer import LMConfig, TransformerLM
 from genloom.models.vae import VAE, VAEConfig
+from serve_proc import Proc
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -33,12 +29,6 @@ STATIC = Path(__file__).resolve().parents[2] / "src" / "genloom" / "serve" / "pl
 ARTIFACTS = Path(os.environ.get("GENLOOM_TEST_ARTIFACTS") or Path(__file__).resolve().parents[2] / "test-artifacts")
 VOCAB = list("\n !',.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_models(d: Path) -> list[str]:
@@ -52,41 +42,13 @@ def make_models(d: Path) -> list[str]:
     return [f"vae={vae}", f"gan={gan}", f"lm={lm}"]
 
 
-class Serve:
-    """``genloom serve`` as a child process on a free loopback port; ready when /readyz says so (≤ 120 s:
-    three worker processes start slowly on a loaded 2-core machine)."""
-
-    def __init__(self, models: list[str], log: Path) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self.log = log.open("w")
-        self.p = subprocess.Popen([sys.executable, "-m", "genloom.cli", "serve", *models, "--port",
-                                   self.url.rsplit(":", 1)[1], "--no-access-log", "--max-wait-ms", "5"],
-                                  stdout=self.log, stderr=subprocess.STDOUT)
-        t_end = time.monotonic() + 120
-        while time.monotonic() < t_end:
-            assert self.p.poll() is None, f"genloom serve exited: {log.read_text()[-2000:]}"
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise AssertionError(f"genloom serve was not ready in 120 s: {log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(15)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait(5)
-        self.log.close()
+def Serve(models: list[str], log: Path) -> Proc:
+    """The playground's server: no admin token, a short batching wait."""
+    return Proc([*models, "--max-wait-ms", "5"], log=log, admin_token=None)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     d = tmp_path_factory.mktemp("playground")
     proc = Serve(make_models(d), d / "serve.log")
     yield proc

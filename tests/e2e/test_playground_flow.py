@@ -8,11 +8,12 @@ from typing import Any, Iterator
 import pytest
 
 from test_flow_transports import tiny_flow
+from serve_proc import Proc
 from test_playground import ARTIFACTS, Serve, browser  # noqa: F401  (browser is a fixture)
 
 
 @pytest.fixture(scope="module")
-def flow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
+def flow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     d = tmp_path_factory.mktemp("playground_flow")
     path = tiny_flow(d / "flow.safetensors")
     proc = Serve([f"flow={path}"], d / "serve.log")
@@ -21,7 +22,7 @@ def flow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
 
 
 @pytest.mark.timeout(180)
-def test_flow_card_shows_samples_labels_and_the_trajectory(flow_server: Serve, browser: Any) -> None:  # noqa: F811
+def test_flow_card_shows_samples_labels_and_the_trajectory(flow_server: Proc, browser: Any) -> None:  # noqa: F811
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))

@@ -5,8 +5,6 @@ import asyncio
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -17,49 +15,11 @@ import torch
 
 from genloom.export import save
 from genloom.models.vae import VAE, VAEConfig
-
-TOKEN = "e2e-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from serve_proc import TOKEN, Proc, free_port  # noqa: F401  (other e2e files import them from here)
 
 def make_vae(path: Path, *, latent: int = 8, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     return save(VAE(VAEConfig(enc_hidden=(64,), dec_hidden=(64,), latent=latent)), path)
-
-
-class Proc:
-    def __init__(self, args: list[str], port: int) -> None:
-        env = {**os.environ, "GENLOOM_ADMIN_TOKEN": TOKEN}
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.p = subprocess.Popen([sys.executable, "-m", "genloom.cli", "serve", *args, "--port", str(port),
-                                   "--no-access-log"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True)
-        t_end = time.monotonic() + 90
-        while time.monotonic() < t_end:
-            assert self.p.poll() is None, self.p.communicate()[1]
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise AssertionError("server did not become ready in 90 s")
-
-    def stop(self) -> None:
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(15)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait(5)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ PyTorch script does (the flow row's baseline is the GAN). ``ratio`` = variant p5
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import statistics
@@ -251,7 +252,12 @@ def bench_flow(tmp: str, *, runs: int, repeats: int, n: int = 64) -> list[Row]:
                            os.path.join(tmp, "gan-default.safetensors")))
     cfg = FlowConfig()
     flow = load(export.save(FlowModel(cfg), os.path.join(tmp, "flow-default.safetensors")))
-    assert isinstance(flow, FlowEngine)
+    # a reflow student (``genloom train flow --teacher``): same network, Euler, guidance in its conditional
+    # velocity (w = 1: one batch of n rows per step instead of 2n)
+    student = load(export.save(FlowModel(dataclasses.replace(cfg, sampler="euler", sample_steps=2, guidance=1.0,
+                                                             distill_guidance=cfg.guidance)),
+                               os.path.join(tmp, "flow-student.safetensors")))
+    assert isinstance(flow, FlowEngine) and isinstance(student, FlowEngine)
     variants: dict[str, Callable[[], Any]] = {"gan": lambda: gan.sample(n, seed=0)}
     settings = [(cfg.sampler, cfg.sample_steps), ("heun", 2), ("euler", 4), ("euler", 1)]  # default first
     for sampler, steps in settings:
@@ -261,6 +267,11 @@ def bench_flow(tmp: str, *, runs: int, repeats: int, n: int = 64) -> list[Row]:
             return flow.sample(n, seed=0, steps=k, sampler=s)
 
         variants[name] = call
+    for steps in (2, 1):
+        def scall(k: int = steps) -> Any:
+            return student.sample(n, seed=0, steps=k)
+
+        variants[f"reflow student euler {steps} ({steps} NFE, n rows)"] = scall
     return timed_rows(f"{n} images: flow (DiT {cfg.depth}×{cfg.dim}) vs the default GAN", variants, runs=runs,
                       repeats=repeats, items=n, unit="samples/s", warmup=1, chunk=1, baseline="gan")
 

@@ -12,6 +12,17 @@ Classifier-free guidance (Ho & Salimans 2022): the class is replaced by the "no 
 ``label_drop`` in training; sampling uses v = v_∅ + w·(v_y − v_∅). w = 0 is the unconditional model, w = 1 the
 conditional one, w > 1 guided.
 
+Guidance interval (Kynkäänniemi et al. 2024): guidance w applies only while guidance_t_min ≤ t ≤ guidance_t_max;
+outside it the sampler uses min(w, 1) (the conditional velocity: one batch of B rows, not 2B).
+
+Reflow (Liu et al. 2022, "Flow straight and fast"): a student, initialised from the teacher, is trained with the
+same loss on *coupled* pairs (ε, z₀ = ODE_teacher(ε)) instead of independent ones. The coupling is deterministic,
+so the regression target ε − z₀ is a function of x_t and the student's paths are straight lines: one or two Euler
+steps land where the teacher's many steps did. Pairs are generated with the teacher's guidance, so the student's
+conditional velocity (w = 1) carries it (``distill_guidance`` records the teacher's w): one batch of B rows per
+step, no 2B guidance batch. A fraction ``label_drop`` of the pairs is unconditional (w = 0, "no class" token),
+so w = 0 still samples the unconditional model.
+
 The latent is the autoencoder's posterior (μ + σ·ε), normalised per channel by the training set's mean and
 standard deviation (stored in the file), so that data and noise have the same scale.
 """
@@ -19,7 +30,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -51,8 +62,13 @@ class FlowConfig:
     # sampler settings used when a call does not give its own
     sampler: str = "heun"  # euler | heun
     sample_steps: int = 4  # ODE steps (Heun: 2·steps network evaluations); 8 measured no better (docs/benchmarks.md)
-    guidance: float = 2.0  # w: 0 unconditional, 1 conditional, > 1 guided (2: lower FID than 1 or 3, measured)
+    # w: 0 unconditional, 1 conditional, > 1 guided. w = 4 on t ≤ 0.5 only (the low-noise half): ≥ 95 % of the
+    # samples classified as asked at the lowest FID measured (docs/benchmarks.md, "Guidance scale and interval")
+    guidance: float = 4.0
     time_shift: float = 1.0  # s: t ← s·t / (1 + (s − 1)·t) on the sampling grid (s > 1: more steps near noise)
+    guidance_t_min: float = 0.0  # guidance interval: w applies for t in [min, max], min(w, 1) outside
+    guidance_t_max: float = 0.5
+    distill_guidance: float = 0.0  # > 0: a reflow student whose conditional velocity carries the teacher's w
     image_shape: tuple[int, ...] = (1, 28, 28)
 
     def __post_init__(self) -> None:
@@ -68,6 +84,9 @@ class FlowConfig:
             raise ValueError("label_drop must be in [0, 1), num_classes ≥ 0")
         if self.t_std <= 0 or self.time_shift <= 0 or self.guidance < 0 or self.ema_kimg < 0:
             raise ValueError("t_std and time_shift must be > 0, guidance and ema_kimg ≥ 0")
+        if not 0.0 <= self.guidance_t_min <= self.guidance_t_max <= 1.0 or self.distill_guidance < 0:
+            raise ValueError("the guidance interval must satisfy 0 ≤ guidance_t_min ≤ guidance_t_max ≤ 1, "
+                             "distill_guidance ≥ 0")
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -124,6 +143,27 @@ def integrate(v_fn: Velocity, x: torch.Tensor, ts: torch.Tensor, *, method: str 
     return x
 
 
+def guidance_at(t: float, guidance: float, interval: tuple[float, float]) -> float:
+    """The guidance used at time t: w inside the interval [lo, hi], min(w, 1) outside (w = 0 stays 0)."""
+    lo, hi = interval
+    return guidance if lo <= t <= hi else min(guidance, 1.0)
+
+
+class ReflowBatch(NamedTuple):
+    """A batch of coupled pairs for reflow: noise ε (B, C, 7, 7) at t = 1, the teacher's latent z₀ = ODE(ε) at
+    t = 0 (same shape), and the class each pair was generated for (B,) (num_classes: unconditional)."""
+    noise: torch.Tensor
+    target: torch.Tensor
+    labels: torch.Tensor
+
+
+def reflow_loss(v_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], noise: torch.Tensor,
+                target: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The flow-matching loss on coupled pairs: ‖v(x_t, t) − (ε − z₀)‖², x_t = (1 − t)·z₀ + t·ε, (B,). With
+    z₀ a deterministic function of ε the optimum is the straight-line velocity ε − z₀ of each pair."""
+    return flow_matching_loss(v_fn, target, noise, t)
+
+
 def network_evaluations(steps: int, method: str) -> int:
     """Denoiser calls per sample (guidance batches the conditional and unconditional calls into one)."""
     return steps if method == "euler" else 2 * steps
@@ -159,8 +199,13 @@ class FlowModel(GenerativeModel):
 
     # -- training -------------------------------------------------------------------------------------------
     def loss(self, batch: Any) -> LossOutput:
-        """batch = (μ, σ, y): the normalised posterior of each image (B, C, 7, 7) twice, and its class (B,)."""
+        """batch = (μ, σ, y): the normalised posterior of each image (B, C, 7, 7) twice, and its class (B,);
+        or a ``ReflowBatch`` of teacher pairs (reflow: t uniform in [0, 1], every step count sees its times)."""
         c = self.config
+        if isinstance(batch, ReflowBatch):
+            t = torch.rand(len(batch.noise))
+            per = reflow_loss(lambda xt, tt: self.dit(xt, tt, batch.labels), batch.noise, batch.target, t)
+            return LossOutput(per.mean(), {}, n=len(per))
         mu, sigma, y = batch
         z0 = mu + sigma * torch.randn_like(mu)  # a posterior sample, as the decoder was trained on
         B = len(z0)
@@ -218,25 +263,56 @@ class FlowModel(GenerativeModel):
     @torch.no_grad()
     def sample_latents(self, noise: torch.Tensor, *, labels: torch.Tensor | None = None, steps: int | None = None,
                        guidance: float | None = None, sampler: str | None = None, ema: bool | None = None,
+                       guidance_interval: tuple[float, float] | None = None,
                        on_step: Callable[..., None] | None = None) -> torch.Tensor:
         """Integrate from the given noise (B, C, 7, 7) at t = 1 to normalised latents at t = 0."""
         c = self.config
         steps = c.sample_steps if steps is None else int(steps)
         guidance = c.guidance if guidance is None else float(guidance)
-        if steps < 1 or guidance < 0:
-            raise ValueError("steps must be ≥ 1 and guidance ≥ 0")
+        interval = (c.guidance_t_min, c.guidance_t_max) if guidance_interval is None else \
+            (float(guidance_interval[0]), float(guidance_interval[1]))
+        if steps < 1 or guidance < 0 or not 0 <= interval[0] <= interval[1] <= 1:
+            raise ValueError("steps must be ≥ 1, guidance ≥ 0 and the guidance interval within [0, 1]")
         net = self.ema if (bool(self.sample_from_ema) if ema is None else ema) else self.dit
         y = self.labels_for(len(noise), labels)
         ts = time_grid(steps, shift=c.time_shift)
-        return integrate(lambda x, t: self.velocity(net, x, t, y, guidance), noise, ts,
-                         method=sampler or c.sampler, on_step=on_step)
+        return integrate(lambda x, t: self.velocity(net, x, t, y, guidance_at(float(t), guidance, interval)),
+                         noise, ts, method=sampler or c.sampler, on_step=on_step)
+
+    @torch.no_grad()
+    def reflow_pairs(self, n: int, *, generator: torch.Generator | None = None, batch_size: int = 256,
+                     uncond_frac: float | None = None, **sample_kw: Any) -> ReflowBatch:
+        """n coupled pairs (ε, z₀ = this model's ODE solution from ε, y) for reflow, at this model's sampler
+        settings unless ``sample_kw`` gives others. Classes cycle; a fraction ``uncond_frac`` (default
+        ``label_drop``) of the pairs is drawn unconditionally (w = 0) with the "no class" label."""
+        c = self.config
+        frac = c.label_drop if uncond_frac is None else uncond_frac
+        noise = torch.randn(n, *c.latent_shape, generator=generator)
+        if c.num_classes:
+            labels = torch.arange(n) % c.num_classes
+            uncond = torch.rand(n, generator=generator) < frac
+            labels[uncond] = c.num_classes
+        else:
+            labels = torch.full((n,), c.num_classes, dtype=torch.long)
+            uncond = torch.ones(n, dtype=torch.bool)
+        target = torch.empty_like(noise)
+        for is_uncond in (False, True):
+            idx = torch.nonzero(uncond == is_uncond).flatten()
+            for i in range(0, len(idx), batch_size):
+                j = idx[i:i + batch_size]
+                kw = {**sample_kw, "guidance": 0.0} if is_uncond else sample_kw
+                y = None if is_uncond else labels[j]
+                target[j] = self.sample_latents(noise[j], labels=y, **kw)
+        return ReflowBatch(noise, target, labels)
 
     @torch.no_grad()
     def generate(self, n: int, *, generator: torch.Generator | None = None, labels: torch.Tensor | None = None,
                  steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
-                 ema: bool | None = None, **kw: Any) -> torch.Tensor:
+                 ema: bool | None = None, guidance_interval: tuple[float, float] | None = None,
+                 **kw: Any) -> torch.Tensor:
         """n images (n, 1, 28, 28) in [0, 1]; noise from ``generator``. A conditional model without labels cycles
         through the classes (and ``guidance=0`` ignores them: the unconditional model)."""
         noise = torch.randn(n, *self.config.latent_shape, generator=generator)
-        z = self.sample_latents(noise, labels=labels, steps=steps, guidance=guidance, sampler=sampler, ema=ema)
+        z = self.sample_latents(noise, labels=labels, steps=steps, guidance=guidance, sampler=sampler, ema=ema,
+                                guidance_interval=guidance_interval)
         return self.decode(z)

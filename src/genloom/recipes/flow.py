@@ -6,6 +6,12 @@ The training set is then encoded once: the DiT trains on the stored posteriors (
 never touching the encoder again. Stage 2 trains the DiT with rectified flow for the rest of the budget and
 exports OUT/model.safetensors: decoder + DiT (+ EMA) + latent normalisation + sampler settings. With
 ``--snapshot-every S`` a copy is exported every S seconds of the run (OUT/snapshots/), for FID-vs-time curves.
+
+``--teacher FILE`` distils a trained flow file instead (reflow, ``models/flow.py``): no data and no autoencoder;
+``--distill-pairs`` noise → latent pairs are generated with the teacher's sampler and guidance (counted in the
+budget, like the autoencoder stage), the student starts from the teacher's (EMA) weights and is trained on the
+pairs, and OUT/model.safetensors is a flow file like any other whose default sampler is Euler with
+``--distill-steps`` steps and guidance 1 (the teacher's guidance is in its conditional velocity).
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ from genloom import export
 from genloom.data.batches import ImageBatches
 from genloom.errors import GenloomError
 from genloom.models.autoencoder import Autoencoder, AutoencoderConfig
-from genloom.models.flow import SAMPLERS, FlowConfig, FlowModel
+from genloom.models.flow import SAMPLERS, FlowConfig, FlowModel, ReflowBatch
 from genloom.recipes.common import Built, preset_value
 from genloom.recipes.images import add_dataset_args, load_splits, sample_grid_callback
 from genloom.training.trainer import TrainConfig, Trainer
@@ -35,6 +41,16 @@ DEFAULTS: dict[str, Any] = {"time_budget": 1800.0, "batch_size": 64, "lr": 2e-3,
                             "weight_decay": 0.0, "grad_clip": 1.0, "log_every": 20}
 AE_DEFAULTS: dict[str, Any] = {"batch_size": 32, "betas": (0.9, 0.99), "schedule": "wsd",
                                "decay_frac": 0.2, "weight_decay": 0.0}
+# reflow distillation (--teacher): a fine-tune from the teacher's weights, shorter and at a lower LR
+DISTILL_DEFAULTS: dict[str, Any] = {**DEFAULTS, "time_budget": 600.0, "lr": 5e-4, "warmup_steps": 50}
+DISTILL_FLAGS: dict[str, tuple[Any, Any, str]] = {
+    "distill_pairs": (int, 20_000, "noise → latent pairs to generate with the teacher"),
+    "distill_steps": (int, 2, "the student's default Euler steps (= network evaluations per sample)"),
+    "teacher_steps": (int, None, "the teacher's ODE steps for the pairs (default: the teacher file's)"),
+    "teacher_guidance": (float, None, "the teacher's guidance w for the pairs (default: the teacher file's)"),
+    "teacher_guidance_interval": (str, None, "the teacher's guidance interval LO,HI for the pairs (default: the "
+                                  "teacher file's)"),
+}
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"_doc": "3 minutes in all, for a first look", "time_budget": 180.0},
 }
@@ -47,8 +63,11 @@ MODEL_FLAGS: dict[str, tuple[Any, Any, str]] = {  # flag name -> (type, default,
     "ema_kimg": (float, 10.0, "EMA half-life cap in thousands of samples (0 = no EMA)"),
     "sampler": (str, "heun", f"default ODE sampler: {', '.join(SAMPLERS)}"),
     "sample_steps": (int, 4, "default ODE steps"),
-    "guidance": (float, 2.0, "default guidance w (0 unconditional, 1 conditional, > 1 guided)"),
+    "guidance": (float, 4.0, "default guidance w (0 unconditional, 1 conditional, > 1 guided)"),
     "time_shift": (float, 1.0, "sampling time shift s (> 1: more steps near noise)"),
+    "guidance_t_min": (float, 0.0, "default guidance interval: guidance applies for t in [min, max] (t = 1 noise), "
+                       "the conditional velocity (w = 1) outside"),
+    "guidance_t_max": (float, 0.5, "default guidance interval: upper end"),
     "t_std": (float, 1.0, "logit-normal training time: std of the normal"),
 }
 AE_FLAGS: dict[str, tuple[Any, Any, str]] = {
@@ -78,6 +97,20 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--unconditional", action="store_true", help="no class conditioning")
     g.add_argument("--snapshot-every", type=float, default=None,
                    help="export OUT/snapshots/t-SECONDS.safetensors every this many seconds of the run")
+    g = p.add_argument_group("flow: few-step distillation (reflow) of a trained flow file; defaults "
+                             + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in DISTILL_DEFAULTS.items()
+                                         if k in ("time_budget", "lr", "warmup_steps")))
+    g.add_argument("--teacher", type=Path, default=None,
+                   help="distil this flow model file (OUT/model.safetensors of an earlier run) into a few-step "
+                        "student with the same architecture; no data or autoencoder stage")
+    for name, (typ, d, help_) in DISTILL_FLAGS.items():
+        default = f" (default {d})" if d is not None else ""
+        g.add_argument("--" + name.replace("_", "-"), type=typ, default=None, help=help_ + default)
+
+
+def defaults_for(args: argparse.Namespace) -> dict[str, Any]:
+    """The DiT stage's training defaults, or the distillation's with --teacher."""
+    return DISTILL_DEFAULTS if getattr(args, "teacher", None) is not None else DEFAULTS
 
 
 def _opt(args: argparse.Namespace, name: str, table: dict[str, tuple[Any, Any, str]]) -> Any:
@@ -138,6 +171,11 @@ def encode_dataset(ae: Autoencoder, images: torch.Tensor, *, batch_size: int = 1
 
 
 def build(args: argparse.Namespace, tcfg: TrainConfig) -> Built:
+    if getattr(args, "teacher", None) is not None:
+        return build_distill(args, tcfg)
+    given = [n for n in DISTILL_FLAGS if getattr(args, n, None) is not None]
+    if given:
+        raise GenloomError(f"--{given[0].replace('_', '-')} applies to distillation only: add --teacher FILE")
     t_start = time.monotonic()
     splits = load_splits(args)
     budget = tcfg.time_budget
@@ -193,6 +231,108 @@ def build(args: argparse.Namespace, tcfg: TrainConfig) -> Built:
 
     return Built(model=model, train=train, val=None, provenance=prov, on_epoch_end=callbacks, after=after,
                  train_config=dit_cfg, on_step=on_step)
+
+
+class PairBatches:
+    """Shuffled ``ReflowBatch`` batches of the teacher's pairs."""
+
+    def __init__(self, pairs: ReflowBatch, batch_size: int) -> None:
+        self.pairs, self.batch_size = pairs, batch_size
+
+    def __len__(self) -> int:
+        return len(self.pairs.noise) // self.batch_size
+
+    def epoch(self, generator: torch.Generator | None = None, start: int = 0) -> Iterator:
+        order = torch.randperm(len(self.pairs.noise), generator=generator)
+        for b in range(start, len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield ReflowBatch(*(x[idx] for x in self.pairs))
+
+
+def load_teacher(path: Path) -> FlowModel:
+    info = export.read_header(path)
+    if info.kind != "flow":
+        raise GenloomError(f"--teacher {path}: is a {info.kind!r} model, not a flow model; pass "
+                           f"OUT/model.safetensors of an earlier `genloom train flow` run")
+    return cast(FlowModel, export.load(path))
+
+
+def _interval(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise GenloomError(f"--teacher-guidance-interval must be LO,HI (e.g. 0,0.75), got {text!r}") from None
+    if not 0 <= lo <= hi <= 1:
+        raise GenloomError(f"--teacher-guidance-interval must satisfy 0 ≤ LO ≤ HI ≤ 1, got {text!r}")
+    return lo, hi
+
+
+def build_distill(args: argparse.Namespace, tcfg: TrainConfig) -> Built:
+    """Reflow: pairs from the teacher, then the student (the teacher's weights) trained on them."""
+    t_start = time.monotonic()
+    clash = [n for n in (*MODEL_FLAGS, *AE_FLAGS, "autoencoder", "snapshot_every") if getattr(args, n, None)
+             is not None] + (["unconditional"] if args.unconditional else [])
+    if clash:
+        raise GenloomError(f"--{clash[0].replace('_', '-')} does not apply with --teacher: the student copies the "
+                           f"teacher's architecture and autoencoder (sampler: --distill-steps)")
+    opt = {n: preset_value(args, sys.modules[__name__], n, d) for n, (_, d, _) in DISTILL_FLAGS.items()}
+    if opt["distill_pairs"] < tcfg.batch_size or opt["distill_steps"] < 1:
+        raise GenloomError(f"--distill-pairs must be ≥ the batch size ({tcfg.batch_size}) and --distill-steps ≥ 1")
+    if (opt["teacher_steps"] is not None and opt["teacher_steps"] < 1) or (opt["teacher_guidance"] or 0) < 0:
+        raise GenloomError("--teacher-steps must be ≥ 1 and --teacher-guidance ≥ 0")
+    teacher = load_teacher(args.teacher).eval()
+    tc = teacher.config
+    if tc.distill_guidance > 0:
+        raise GenloomError(f"--teacher {args.teacher}: is already a distilled student; distil its teacher")
+    t_steps = tc.sample_steps if opt["teacher_steps"] is None else opt["teacher_steps"]
+    t_w = tc.guidance if opt["teacher_guidance"] is None else opt["teacher_guidance"]
+    interval = (tc.guidance_t_min, tc.guidance_t_max)
+    if opt["teacher_guidance_interval"] is not None:
+        interval = _interval(opt["teacher_guidance_interval"])
+    gen = torch.Generator().manual_seed(tcfg.seed)
+    pairs = teacher.reflow_pairs(opt["distill_pairs"], generator=gen, steps=t_steps, guidance=t_w,
+                                 guidance_interval=interval)
+    cond_w = t_w if tc.num_classes else 0.0
+    cfg = dataclasses.replace(tc, sampler="euler", sample_steps=opt["distill_steps"],
+                              guidance=1.0 if tc.num_classes else 0.0, guidance_t_min=0.0, guidance_t_max=1.0,
+                              distill_guidance=cond_w if cond_w > 0 else 0.0)
+    student = FlowModel(cfg)
+    state = teacher.state_dict()
+    src = "ema." if bool(teacher.sample_from_ema) else "dit."
+    for k in list(state):  # the student and its EMA both start from the teacher's sampling network
+        if k.startswith(("dit.", "ema.")):
+            state[k] = state[src + k.split(".", 1)[1]]
+    state["ema_images"] = torch.zeros((), dtype=torch.float64)
+    student.load_state_dict(state)
+    stage1 = time.monotonic() - t_start
+    dit_cfg = tcfg
+    budget = tcfg.time_budget
+    if budget:
+        if budget - stage1 < 1:
+            raise GenloomError(f"generating the pairs used {stage1:.0f} s of the {budget:g} s budget; "
+                               f"lower --distill-pairs or raise --time-budget")
+        dit_cfg = dataclasses.replace(tcfg, time_budget=budget - stage1)
+    labels = torch.arange(100) % 10 if tc.num_classes else None
+    prov = {"teacher": str(args.teacher), "teacher_provenance": export.read_header(args.teacher).provenance,
+            "distill": "reflow", "pairs": opt["distill_pairs"], "teacher_sampler": tc.sampler,
+            "teacher_steps": t_steps, "teacher_guidance": t_w,
+            "teacher_guidance_interval": list(interval),
+            "pair_seconds": round(stage1, 1), "batch_size": tcfg.batch_size, "lr": tcfg.lr}
+
+    def after(path: Path, trainer: Trainer) -> dict[str, Any]:
+        total = time.monotonic() - t_start
+        info = export.read_header(path)
+        export.save(trainer.model, path, provenance={**info.provenance, "total_train_seconds": round(total, 1)})
+        with torch.no_grad():
+            imgs = trainer.model.eval().generate(len(labels) if labels is not None else 64,
+                                                 generator=torch.Generator().manual_seed(1234), labels=labels)
+        save_grid(imgs.float().numpy(), Path(trainer.out) / "samples" / "final.png",
+                  nrow=10 if labels is not None else None)
+        return {"pair_seconds": round(stage1, 1), "total_train_seconds": round(total, 1)}
+
+    return Built(model=student, train=PairBatches(pairs, tcfg.batch_size), val=None, provenance=prov,
+                 on_epoch_end=[sample_grid_callback(100 if labels is not None else 64, labels=labels)],
+                 after=after, train_config=dit_cfg)
 
 
 def _snapshotter(out: Path, every: float, t_start: float):

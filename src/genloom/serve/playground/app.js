@@ -65,6 +65,23 @@ function busy(button, on) {
   button.classList.toggle("busy", on);
 }
 
+// Run one section's request: the button is busy meanwhile, and the section's data-state (which the browser
+// test waits on) ends "ready" with the error box cleared, or "error" with the error shown.
+async function attempt(section, button, err, work, { loading = false } = {}) {
+  busy(button, true);
+  if (loading) section.dataset.state = "loading";
+  try {
+    await work();
+    err.show(null);
+    section.dataset.state = "ready";
+  } catch (e) {
+    err.show(e);
+    section.dataset.state = "error";
+  } finally {
+    busy(button, false);
+  }
+}
+
 function errorBox() {
   const box = el("p", { class: "error", role: "alert", hidden: true });
   box.show = (e) => { box.textContent = e ? String(e.message || e) : ""; box.hidden = !e; };
@@ -123,10 +140,8 @@ function sampleSection(m) {
 
   async function run() {
     const n = Number(count.value), s = intOf(seed, 0);
-    busy(go, true);
-    section.dataset.state = "loading";
     const t0 = performance.now();
-    try {
+    await attempt(section, go, err, async () => {
       const r = await postJSON(`/v1/models/${encodeURIComponent(m.name)}/sample`, { n, seed: s, format: "png" });
       const next = URL.createObjectURL(await r.blob());
       img.src = next;
@@ -134,14 +149,7 @@ function sampleSection(m) {
       if (url) URL.revokeObjectURL(url);
       url = next;
       caption.textContent = `${n} samples · seed ${s} · ${Math.round(performance.now() - t0)} ms`;
-      err.show(null);
-      section.dataset.state = "ready";
-    } catch (e) {
-      err.show(e);
-      section.dataset.state = "error";
-    } finally {
-      busy(go, false);
-    }
+    }, { loading: true });
   }
   seed.addEventListener("change", run);
   count.addEventListener("change", run);
@@ -165,8 +173,7 @@ function labelSection(m, names) {
 
   async function run() {
     const k = Number(perLabel.value), s = intOf(seed, 0);
-    busy(go, true);
-    try {
+    await attempt(section, go, err, async () => {
       // one request per label, sent together: the server's batcher runs them as one forward pass
       const results = await Promise.all(names.map(async (_, label) => {
         const r = await postJSON(`/v1/models/${encodeURIComponent(m.name)}/sample`,
@@ -178,14 +185,7 @@ function labelSection(m, names) {
         drawImages(canvas, images, { cols: k, scale: 2 });
         return el("div", { class: "label-line" }, el("span", { class: "label-name" }, labelText(names, label)), canvas);
       }));
-      err.show(null);
-      section.dataset.state = "ready";
-    } catch (e) {
-      err.show(e);
-      section.dataset.state = "error";
-    } finally {
-      busy(go, false);
-    }
+    });
   }
   run();
   return section;
@@ -221,8 +221,7 @@ function walkSection(m, names) {
   }
 
   async function run() {
-    busy(go, true);
-    try {
+    await attempt(section, go, err, async () => {
       const body = { a: intOf(a, 0), b: intOf(b, 1), steps: Math.max(2, intOf(steps, 12)), format: "json" };
       if (label) body.label = Number(label.value);
       const r = await postJSON(`/v1/models/${encodeURIComponent(m.name)}/interpolate`, body);
@@ -230,14 +229,7 @@ function walkSection(m, names) {
       slider.max = String(images.length - 1);
       slider.value = String(Math.min(Number(slider.value), images.length - 1));
       show();
-      err.show(null);
-      section.dataset.state = "ready";
-    } catch (e) {
-      err.show(e);
-      section.dataset.state = "error";
-    } finally {
-      busy(go, false);
-    }
+    });
   }
   slider.addEventListener("input", show);
   run();
@@ -377,24 +369,15 @@ function trajectorySection(m, names) {
     const w = Number.parseFloat(guidance.value);
     const body = { n: 1, seed: intOf(seed, 0), steps: k, guidance: Number.isFinite(w) ? w : null, format: "json" };
     if (label) body.labels = [Number(label.value)];
-    busy(go, true);
-    section.dataset.state = "loading";
     const t0 = performance.now();
-    try {
+    await attempt(section, go, err, async () => {
       const r = await postJSON(`/v1/models/${encodeURIComponent(m.name)}/trajectory`, body);
       const images = (await r.json()).images; // 2·(k + 1) images: states x_t then predictions x̂₀, each + the sample
       drawImages(canvas, images, { cols: k + 1, scale: 2 });
       const nfe = (c.sampler === "euler" ? 1 : 2) * k;
       caption.textContent = `top: x_t from t = 1 (noise) to 0 · bottom: predicted image x̂₀ = x_t − t·v · ` +
         `${k} ${c.sampler || "heun"} steps (${nfe} evaluations) · ${Math.round(performance.now() - t0)} ms`;
-      err.show(null);
-      section.dataset.state = "ready";
-    } catch (e) {
-      err.show(e);
-      section.dataset.state = "error";
-    } finally {
-      busy(go, false);
-    }
+    }, { loading: true });
   }
   for (const input of [seed, steps, guidance, label]) input?.addEventListener("change", run);
   run();
