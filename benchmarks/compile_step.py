@@ -15,7 +15,7 @@ import torch
 
 from genloom.models.transformer import LMConfig, TransformerLM
 from genloom.models.vae import VAE, VAEConfig
-from genloom.training.trainer import _ProbeHooks
+from genloom.training.probe import ProbeHooks
 
 
 class _Cfg:
@@ -46,7 +46,7 @@ def main() -> None:
         sides = {}
         for side, m in (("eager", eager), ("compile", comp)):
             opt = m.configure_optimizers(_Cfg())
-            sides[side] = (m, opt, _ProbeHooks(opt))
+            sides[side] = (m, opt, ProbeHooks(opt))
         t0 = time.perf_counter()
         m, opt, h = sides["compile"]
         m.train_step(batch, opt, 0, h)

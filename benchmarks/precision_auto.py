@@ -35,7 +35,8 @@ def measure(case: str, seconds: float, tmp: str) -> dict:
     from genloom.recipes import recipe
     from genloom.recipes.common import train_config
     from genloom.training import precision as prec
-    from genloom.training.trainer import Trainer, _ProbeHooks
+    from genloom.training.probe import ProbeHooks
+    from genloom.training.trainer import Trainer
 
     family, opts = CASES[case]
     args = train_args(family, out=os.path.join(tmp, case), **opts)
@@ -51,7 +52,7 @@ def measure(case: str, seconds: float, tmp: str) -> dict:
     batch = next(iter(tr.train_src.epoch(torch.Generator().manual_seed(1))))
     model = copy.deepcopy(tr.model)
     opts_ = model.configure_optimizers(tcfg)
-    hooks = _ProbeHooks(opts_)
+    hooks = ProbeHooks(opts_)
 
     def step(side: str) -> None:
         with prec.applied(plans[side]), prec.autocast(plans[side]):

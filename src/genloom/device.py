@@ -5,13 +5,14 @@ used only when asked for: its kernels are not faster than the CPU for every mode
 """
 from __future__ import annotations
 
+import argparse
 import os
 
 import torch
 
 from genloom.errors import GenloomError
-
-CHOICES_HELP = "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps"
+from genloom.options import DEVICE_CHOICES_HELP as CHOICES_HELP
+from genloom.options import check_precision
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
@@ -44,3 +45,18 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
                                f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
         return torch.device("cuda", idx)
     raise GenloomError(f"--device {spec!r}: choose {CHOICES_HELP}")
+
+
+def check_device_precision(device: str, precision: str) -> None:
+    """Fail before any work (a server before it binds, a worker before it connects) with one line naming the
+    problem and the fix: an unknown or absent device, an unknown precision, fp16 on a CPU."""
+    check_precision(precision)
+    dev_type = "cpu" if (device or "").strip().lower() == "cpu" else resolve_device(device).type
+    if precision == "fp16" and dev_type == "cpu":
+        raise GenloomError("--precision fp16 is for GPUs (--device cuda or mps); on a CPU use --precision bf16, fp32 "
+                           "or auto")
+
+
+def check_device_options(args: argparse.Namespace) -> None:
+    """``check_device_precision`` for a parsed command line with ``add_device_options``."""
+    check_device_precision(getattr(args, "device", "cpu"), getattr(args, "precision", "auto") or "auto")

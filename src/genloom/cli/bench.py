@@ -5,6 +5,7 @@ import argparse
 import json
 
 from genloom.errors import GenloomError
+from genloom.options import add_device_options
 
 GROUPS = ("vae", "gan", "lm", "train", "flow")
 
@@ -24,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's default)")
     b.add_argument("--backends", default="eager,onnx,bf16,int8,numpy",
                    help="image backends to time besides the naive baseline (compile is opt-in: slow to build)")
+    add_device_options(b, note=" (off the CPU: the eager backend only, on the device)")
     b.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     b.set_defaults(func=_cmd_bench)
 
@@ -32,6 +34,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from genloom.engine import bench
     from genloom.engine.backends import FACTORIES
 
+    from genloom.device import check_device_options
+
+    check_device_options(args)  # an absent device: one line with the fix, before any model is built
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     if not only or only - set(GROUPS):
         raise GenloomError(f"--only takes a comma-separated subset of {','.join(GROUPS)}, got {args.only!r}")
@@ -48,6 +53,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise GenloomError(f"--threads must be ≥ 1, got {args.threads}")
     result = bench.run(only=only, runs=args.runs, gan_runs=args.gan_runs, repeats=args.repeats,
                        threads=args.threads, names=names, lm_runs=args.lm_runs, train_steps=args.train_steps,
-                       flow_runs=args.flow_runs)
+                       flow_runs=args.flow_runs, device=args.device, precision=args.precision)
     print(json.dumps(result) if args.json else bench.markdown(result))
     return 0

@@ -11,6 +11,7 @@ import torch
 from genloom import export
 from genloom.errors import GenloomError
 from genloom.export import ModelFile
+from genloom.options import add_device_options
 
 
 def register(sub: Any) -> None:
@@ -29,9 +30,8 @@ def register(sub: Any) -> None:
     e.add_argument("--classifier", type=Path, default=None,
                    help="FID feature classifier (default: $GENLOOM_CLASSIFIER, then the one shipped with genloom)")
     e.add_argument("--fid-samples", type=int, default=10_000, help="generated samples for the FID (default 10000)")
-    e.add_argument("--device", default="cpu",
-                   help="where the model runs: cpu (default), auto (CUDA when present), cuda, cuda:N or mps; the "
-                        "Monte-Carlo noise is drawn on the CPU, so a seed gives the same estimate on every device")
+    add_device_options(e, note=" (the Monte-Carlo noise is drawn on the CPU, so a seed gives the same estimate on "
+                       "every device; --precision auto scores in fp32, bf16/fp16 under autocast)")
     e.add_argument("--steps", type=int, default=None, help="flow: ODE steps (default: the file's)")
     e.add_argument("--guidance", type=float, default=None,
                    help="flow: guidance w (0 = unconditional; default: the file's)")
@@ -41,11 +41,20 @@ def register(sub: Any) -> None:
 
 def evaluate_file(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The evaluation of the model file at ``path`` with the options of ``genloom eval`` in ``args``."""
+    from genloom.device import check_device_precision
+
     h = export.read_header(path)
     evaluators = {"vae": evaluate_vae, "gan": evaluate_gan, "lm": evaluate_lm, "flow": evaluate_flow}
     if h.kind not in evaluators:
         raise GenloomError(f"`genloom eval` does not support models of kind {h.kind!r}")
-    return evaluators[h.kind](args, h)
+    device, precision = getattr(args, "device", "cpu"), getattr(args, "precision", "auto")
+    check_device_precision(device, precision)
+    if precision not in ("bf16", "fp16"):
+        return evaluators[h.kind](args, h)  # auto and fp32: the scores in fp32
+    from genloom.device import resolve_device
+
+    with torch.autocast(resolve_device(device).type, torch.bfloat16 if precision == "bf16" else torch.float16):
+        return evaluators[h.kind](args, h)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -106,7 +115,8 @@ def fid_result(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]:
     cpath = find_classifier(getattr(args, "classifier", None), dataset=dataset)
     classifier = load_classifier(cpath, dataset=dataset)
     test = load_images(dataset, getattr(args, "data", None)).test
-    images = load(header.path).sample(n, seed=getattr(args, "seed", 0))  # (n, 28, 28) float32 in [0, 1]
+    images = load(header.path, device=getattr(args, "device", "cpu"), precision=getattr(args, "precision", "auto")
+                  ).sample(n, seed=getattr(args, "seed", 0))  # (n, 28, 28) float32 in [0, 1]
     with torch.inference_mode():
         mu_g, s_g = feature_stats(features(classifier, torch.from_numpy(images)))
     value = frechet_distance(*real_stats(cpath, classifier, test.images), mu_g, s_g)
@@ -115,7 +125,7 @@ def fid_result(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]:
 
 def evaluate_gan(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]:
     """GAN: the FID of its samples (10,000 by default) against the test set."""
-    return fid_result(args, header)  # sampled by the engine (CPU), whatever --device says
+    return fid_result(args, header)  # sampled by the engine on --device
 
 
 def evaluate_flow(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from genloom.core.requests import DEFAULT_LIMITS
 from genloom.errors import ConfigError, GenloomError
+from genloom.options import add_device_options
 from genloom.queue import DEFAULT_URL
 
 
@@ -38,7 +39,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
                            concurrency=args.concurrency, batch_size=args.batch_size,
                            batch_timeout_ms=args.batch_timeout_ms, max_retries=args.max_retries,
                            metrics_port=args.metrics_port, metrics_host=args.metrics_host, threads=args.threads,
-                           backend=args.backend, max_n=args.max_n, max_new_tokens=args.max_new_tokens,
+                           backend=args.backend, device=args.device, precision=args.precision, max_n=args.max_n, max_new_tokens=args.max_new_tokens,
                            name=args.name, queue_type=args.queue_type, delivery_limit=args.delivery_limit,
                            lease_s=args.lease_s, depth_interval_s=args.depth_interval)
     except ValueError as e:
@@ -163,6 +164,7 @@ def register(sub: Any) -> None:
     w.add_argument("--threads", type=int, default=1, help="torch threads of the worker process")
     w.add_argument("--backend", default="auto", help="engine backend (genloom.engine.load): auto, or exact for "
                    "bit-reproducible fp32")
+    add_device_options(w)
     w.add_argument("--max-n", type=int, default=DEFAULT_LIMITS.max_n,
                    help=f"largest n per sample request ({DEFAULT_LIMITS.max_n}, as on every transport)")
     w.add_argument("--max-new-tokens", type=int, default=DEFAULT_LIMITS.max_new_tokens,

@@ -10,6 +10,7 @@ import numpy as np
 
 from genloom.errors import GenloomError
 from genloom.export import ModelFile
+from genloom.options import add_device_options
 
 
 
@@ -35,9 +36,8 @@ def register(sub: Any) -> None:
     s.add_argument("--stream", action="store_true", help="LM: print tokens as they are generated")
     s.add_argument("--backend", default="auto", help="engine backend (genloom.engine.load): auto, or exact for "
                    "bit-reproducible fp32")
-    s.add_argument("--device", default="cpu",
-                   help="where the model runs: cpu (default), auto (CUDA when present), cuda, cuda:N or mps; the "
-                        "noise is drawn on the CPU, so a seed gives the same samples on every device")
+    add_device_options(s, note=" (the noise is drawn on the CPU, so a seed gives the same samples on every "
+                       "device)")
     s.set_defaults(func=_cmd_sample)
 
 
@@ -90,8 +90,8 @@ def sample_images(args: argparse.Namespace, header: ModelFile) -> int:
     flow = {k: getattr(args, k, None) for k in ("steps", "guidance") if getattr(args, k, None) is not None}
     if flow and header.kind != "flow":
         raise GenloomError(f"--{next(iter(flow))} is for flow models; this model is of kind {header.kind}")
-    images = load(header.path, backend=args.backend, device=args.device).sample(args.n, seed=args.seed,
-                                                            labels=parse_labels(args.labels), **flow)
+    eng = load(header.path, backend=args.backend, device=args.device, precision=args.precision)
+    images = eng.sample(args.n, seed=args.seed, labels=parse_labels(args.labels), **flow)
     write_images(images, args.out)
     print(f"wrote {args.n} samples to {args.out}")
     return 0
@@ -108,7 +108,7 @@ def sample_text(args: argparse.Namespace, header: ModelFile) -> int:
     prompt = args.prompt if args.prompt is not None else ""
     if args.out is not None and args.out.suffix != ".txt":
         raise GenloomError(f"-o {args.out}: an LM writes text; use a .txt file name (or omit -o)")
-    eng = load(header.path, backend=args.backend, device=args.device)
+    eng = load(header.path, backend=args.backend, device=args.device, precision=args.precision)
     kw = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k,
           "top_p": args.top_p, "seed": args.seed, "stop": args.stop}
     if args.stream:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from genloom.errors import GenloomError
+from genloom.options import add_device_options
 from genloom.serve.config import ADMIN_TOKEN_ENV, ServerConfig, load_config
 
 HELP = "serve model files over HTTP with dynamic batching"
@@ -35,6 +36,8 @@ def register(subparsers: Any) -> None:
                    "(4096, as on every transport)")
     p.add_argument("--backend", default=None, help="engine backend of the workers (genloom.engine.load): auto, "
                    "or exact for bit-reproducible fp32")
+    add_device_options(p, device_default=None, precision_default=None, note=" (every worker process; per model: "
+                       "device/precision in --config)")
     p.add_argument("--timeout", type=float, default=None, dest="timeout_s",
                    help="default request deadline in seconds (30); header X-Request-Timeout overrides")
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker process (1)")
@@ -50,7 +53,7 @@ def register(subparsers: Any) -> None:
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     settings = {k: getattr(args, k) for k in ("max_batch_size", "max_wait_ms", "max_queue", "max_n", "timeout_s",
                                               "max_new_tokens", "backend",
-                                              "threads")}
+                                              "threads", "device", "precision")}
     server = {"host": args.host, "port": args.port, "max_body_bytes": args.max_body_bytes,
               "access_log": False if args.no_access_log else None, "overload_status": args.overload_status}
     return load_config(models=list(args.models), config_file=args.config, cli_settings=settings,

@@ -32,21 +32,34 @@ def __getattr__(name: str) -> object:  # ``genloom.engine.Engine`` without impor
     raise AttributeError(name)
 
 
-def load(path: str | Path, *, threads: int | None = None, backend: str = "auto", device: str = "cpu") -> Engine:
+def load(path: str | Path, *, threads: int | None = None, backend: str = "auto", device: str = "cpu",
+         precision: str = "auto") -> Engine:
     """Load a genloom model file for inference.
 
     threads: intra-op threads for torch/onnxruntime (process-wide for torch); None keeps the default.
     backend: "auto" (default: the fastest backend on this machine whose 8-bit images agree with fp32 within one
     grey level, measured at the first load of the file here and cached; ``engine/autotune.py``), "exact" (fp32
     eager: bit-reproducible), or one by name: "eager", "compile", "bf16", "int8", "onnx", "numpy"
-    (``engine/backends.py``). The LM always runs fp32 eager with its KV cache ("auto" and "exact" alike).
+    (``engine/backends.py``). The LM always runs eager with its KV cache ("auto" and "exact" alike).
     device: "cpu" (default), "auto" (CUDA when present), "cuda", "cuda:N" or "mps": where the math runs; calls
-    still take and return numpy / text, noise is drawn on the CPU. Off the CPU the backend is fp32 eager.
+    still take and return numpy / text, noise is drawn on the CPU. Off the CPU the backend is eager.
+    precision: the type of the weights and activations (calls still return float32 / text). "auto" (default): on
+    a CPU the backend decides ("auto" keeps only backends whose 8-bit images agree with fp32 within one grey
+    level), fp32 elsewhere; "fp32": exact fp32 ("auto" becomes "exact"); "bf16": the "bf16" backend for a VAE or
+    GAN on a CPU, else the model cast to bfloat16 (the LM's KV cache follows); "fp16": the same in float16, on a
+    GPU (cuda, mps) only. The flow model runs in fp32 only.
     """
     from genloom.engine.base import BACKENDS, InputError
+    from genloom.options import PRECISIONS
 
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if device != "cpu" and backend not in ("auto", "exact", "eager"):
         raise InputError(f"backend {backend!r} runs on the CPU; use backend='auto' or 'eager' with device={device!r}")
+    low = precision in ("bf16", "fp16")
+    if (precision == "fp32" and backend in ("bf16", "int8")) or (low and backend not in ("auto", "eager", "bf16")):
+        raise InputError(f"precision {precision!r} and backend {backend!r} disagree; give one of them (backend "
+                         f"'auto' follows the precision)")
 
     if backend == "numpy":  # the torch-free path
         from genloom.engine import lite
@@ -66,14 +79,24 @@ def load(path: str | Path, *, threads: int | None = None, backend: str = "auto",
     header = export.read_header(path)
     if header.kind not in ("vae", "gan", "lm", "flow"):
         raise InputError(f"{path}: the engine does not serve models of kind {header.kind!r}")
-    model = export.load(path)
-    if device != "cpu":
-        from genloom.device import resolve_device
+    from genloom.device import resolve_device
 
-        dev = resolve_device(device)
+    dev = resolve_device(device)
+    if precision == "fp16" and dev.type == "cpu":
+        raise InputError("precision 'fp16' is for GPUs (device 'cuda' or 'mps'); on a CPU use 'bf16', 'fp32' or "
+                         "'auto'")
+    if low and header.kind == "flow":
+        raise InputError(f"precision {precision!r}: the flow engine runs in fp32; use 'auto' or 'fp32'")
+    model = export.load(path)
+    if dev.type != "cpu":
         model.to(dev)
-        if dev.type != "cpu":
-            backend = "eager"  # the other backends (and the autotuner) are CPU backends
+        backend = "eager"  # the other backends (and the autotuner) are CPU backends
+    if precision == "fp32" and backend == "auto":
+        backend = "exact"
+    elif low and dev.type == "cpu" and header.kind in ("vae", "gan"):
+        backend = "bf16"  # the CPU bf16 backend: bf16 weights and activations, the output nonlinearity in fp32
+    elif low:
+        model.to(torch.bfloat16 if precision == "bf16" else torch.float16)
     if header.kind == "lm":
         from genloom.engine.lm import LMEngine
 

@@ -43,10 +43,11 @@ def eager(module: nn.Module, example: np.ndarray, threads: int | None) -> Runner
     module = module.eval()
     p = next(module.parameters(), None)  # engine.load(device=...): numpy in and out, the math on the device
     dev = p.device if p is not None else torch.device("cpu")  # (a quantized module has no plain parameters)
+    dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32  # load(precision="bf16"|"fp16")
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return module(torch.from_numpy(x).to(dev)).cpu().numpy()
+            return module(torch.from_numpy(x).to(dev, dtype)).float().cpu().numpy()
 
     return run
 

@@ -10,6 +10,12 @@ Rows (each variant timed in the same process as its baseline, interleaved, media
 
 The naive baseline is plain ``model(x)`` in training mode, with autograd on and no inference_mode: what a first
 PyTorch script does (the flow row's baseline is the GAN). ``ratio`` = variant p50 / baseline p50 (< 1 is faster).
+
+``device`` (``genloom bench --device``): where every row runs. Off the CPU only the ``eager`` backend is timed (the
+others are CPU backends) and every call ends with a device synchronisation. ``precision``: ``auto`` times the
+backends asked for; ``fp32`` only the fp32 ones (eager, compile, onnx, numpy); ``bf16`` / ``fp16`` the model in
+that type (on a CPU: the ``bf16`` backend; elsewhere eager on the cast model). The LM, training and flow rows
+run in fp32 whatever the precision.
 """
 from __future__ import annotations
 
@@ -32,6 +38,9 @@ from genloom.models.gan import GAN, GANConfig
 from genloom.models.vae import VAE, VAEConfig
 
 IMAGE_BACKENDS = ("eager", "onnx", "bf16", "int8", "numpy")
+FP32_BACKENDS = ("eager", "compile", "onnx", "numpy")
+DEVICE = torch.device("cpu")  # where the rows run (``run(device=...)``)
+DTYPE = torch.float32  # the image models' type off the CPU (``run(precision="bf16"|"fp16")``)
 
 
 @dataclass
@@ -78,6 +87,8 @@ def timed_rows(row: str, variants: dict[str, Callable[[], Any]], *, runs: int, r
     """Time every variant ``runs`` times per round; p50/p99 are medians over ``repeats`` rounds. Within a round
     the variants take turns in chunks of ``chunk`` calls, so that all of them see the same background load (the
     machine is shared) while each keeps its weights in cache for a few calls."""
+    if DEVICE.type != "cpu":  # a call is done when the device is done
+        variants = {k: _synced(fn) for k, fn in variants.items()}
     p50: dict[str, list[float]] = {k: [] for k in variants}
     p99: dict[str, list[float]] = {k: [] for k in variants}
     for fn in variants.values():
@@ -103,6 +114,31 @@ def timed_rows(row: str, variants: dict[str, Callable[[], Any]], *, runs: int, r
         rows.append(Row(row, k, m50 * 1e3, m99 * 1e3, items / m50, unit, m50 / base,
                         flops / m50 / 1e9 if flops else None, {"p50_spread": round(spread, 3)}))
     return rows
+
+
+def _synced(fn: Callable[[], Any]) -> Callable[[], Any]:
+    def call() -> Any:
+        out = fn()
+        torch.cuda.synchronize(DEVICE) if DEVICE.type == "cuda" else torch.mps.synchronize()
+        return out
+
+    return call
+
+
+def backend_names(names: tuple[str, ...], device: torch.device, precision: str) -> tuple[str, ...]:
+    """The backends ``genloom bench --backends … --device … --precision …`` times (see the module's docstring)."""
+    from genloom.errors import GenloomError
+    from genloom.device import check_device_precision
+
+    check_device_precision(str(device), precision)
+    if device.type != "cpu":
+        return ("eager",)  # in the precision's type (the model is cast)
+    keep = {"auto": names, "fp32": FP32_BACKENDS, "bf16": ("bf16",)}[precision]
+    out = tuple(n for n in names if n in keep)
+    if not out:
+        raise GenloomError(f"--precision {precision} leaves none of --backends {','.join(names)} to time; add "
+                           f"{' or '.join(keep)} to --backends")
+    return out
 
 
 def _mlp_flops(sizes: list[int], batch: int) -> float:
@@ -132,7 +168,8 @@ def bench_vae(tmp: str, *, runs: int, repeats: int, threads: int | None, names: 
         model = VAE(VAEConfig(dec_hidden=dec, activation="relu"))  # the lecture's MLP
         path = str(export.save(model, os.path.join(tmp, f"vae_{len(dec)}.safetensors")))
         z = np.random.default_rng(0).standard_normal((batch, 20), dtype=np.float32)
-        zt = torch.from_numpy(z)
+        model.to(DEVICE, DTYPE)
+        zt = torch.from_numpy(z).to(DEVICE, DTYPE)
         model.train()  # naive: training mode, autograd recording, no inference_mode
 
         def naive(m: VAE = model, zt: torch.Tensor = zt) -> Any:
@@ -156,7 +193,8 @@ def bench_gan(tmp: str, *, runs: int, repeats: int, threads: int | None, names: 
     model = GAN(GANConfig())  # default conv generator, DIM 64, kernel 5
     path = str(export.save(model, os.path.join(tmp, "gan.safetensors")))
     z = np.random.default_rng(0).standard_normal((batch, model.config.latent), dtype=np.float32)
-    zt = torch.from_numpy(z)
+    model.to(DEVICE, DTYPE)
+    zt = torch.from_numpy(z).to(DEVICE, DTYPE)
     model.generator.train()
 
     def naive() -> Any:
@@ -173,7 +211,7 @@ def bench_lm(*, repeats: int, lm_runs: int = 3, new_tokens: int = 64, prompt_len
 
     torch.manual_seed(0)
     vocab = [chr(c) for c in range(32, 97)]  # 65 characters, like tiny-shakespeare
-    model = TransformerLM(LMConfig(vocab_size=65, block_size=128), vocab)  # the recipe's default sizes
+    model = TransformerLM(LMConfig(vocab_size=65, block_size=128), vocab).to(DEVICE)  # the recipe's default sizes
     prompt = "".join(vocab[i % 65] for i in range(prompt_len))
     rows = []
     for b in (1, 16):
@@ -181,7 +219,7 @@ def bench_lm(*, repeats: int, lm_runs: int = 3, new_tokens: int = 64, prompt_len
 
         def naive(prompts: list[str] = prompts) -> Any:  # no cache, training mode, autograd on: recompute all
             model.train()
-            idx = torch.tensor([model.encode(p) for p in prompts])  # (b, T0)
+            idx = torch.tensor([model.encode(p) for p in prompts], device=DEVICE)  # (b, T0)
             for _ in range(new_tokens):
                 logits = model(idx[:, -model.config.block_size:])  # (b, T, vocab)
                 idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], 1)  # (b, T + 1)
@@ -189,7 +227,7 @@ def bench_lm(*, repeats: int, lm_runs: int = 3, new_tokens: int = 64, prompt_len
 
         def uncached(prompts: list[str] = prompts) -> Any:  # the same loop under inference_mode in eval mode
             with torch.inference_mode():
-                idx = torch.tensor([model.encode(p) for p in prompts])
+                idx = torch.tensor([model.encode(p) for p in prompts], device=DEVICE)
                 for _ in range(new_tokens):
                     logits = model(idx[:, -model.config.block_size:])
                     idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], 1)
@@ -207,11 +245,11 @@ def bench_lm(*, repeats: int, lm_runs: int = 3, new_tokens: int = 64, prompt_len
 def bench_vae_train(*, steps: int, repeats: int, batch: int = 128) -> list[Row]:
     """Seconds per Fashion-MNIST epoch (60,000 images) extrapolated from ``steps`` timed steps."""
     torch.manual_seed(0)
-    x = torch.rand(batch, 784)
-    ours = VAE(VAEConfig(activation="relu"))
+    x = torch.rand(batch, 784).to(DEVICE)
+    ours = VAE(VAEConfig(activation="relu")).to(DEVICE)
     tcfg = type("TrainCfg", (), {"weight_decay": 0.0, "lr": 1e-3, "betas": (0.9, 0.999)})
     opt = ours.configure_optimizers(tcfg)["main"]  # the Trainer's optimizer: fused AdamW
-    ref = VAE(VAEConfig(activation="relu"))
+    ref = VAE(VAEConfig(activation="relu")).to(DEVICE)
     ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-3)
 
     def our_step() -> None:
@@ -249,14 +287,14 @@ def bench_flow(tmp: str, *, runs: int, repeats: int, n: int = 64) -> list[Row]:
 
     torch.manual_seed(0)
     gan = load(export.save(GAN(GANConfig(loss=DEFAULT_LOSS, **LOSS_DEFAULTS[DEFAULT_LOSS][1])),
-                           os.path.join(tmp, "gan-default.safetensors")))
+                           os.path.join(tmp, "gan-default.safetensors")), device=str(DEVICE))
     cfg = FlowConfig()
-    flow = load(export.save(FlowModel(cfg), os.path.join(tmp, "flow-default.safetensors")))
+    flow = load(export.save(FlowModel(cfg), os.path.join(tmp, "flow-default.safetensors")), device=str(DEVICE))
     # a reflow student (``genloom train flow --teacher``): same network, Euler, guidance in its conditional
     # velocity (w = 1: one batch of n rows per step instead of 2n)
     student = load(export.save(FlowModel(dataclasses.replace(cfg, sampler="euler", sample_steps=2, guidance=1.0,
                                                              distill_guidance=cfg.guidance)),
-                               os.path.join(tmp, "flow-student.safetensors")))
+                               os.path.join(tmp, "flow-student.safetensors")), device=str(DEVICE))
     assert isinstance(flow, FlowEngine) and isinstance(student, FlowEngine)
     variants: dict[str, Callable[[], Any]] = {"gan": lambda: gan.sample(n, seed=0)}
     settings = [(cfg.sampler, cfg.sample_steps), ("heun", 2), ("euler", 4), ("euler", 1)]  # default first
@@ -278,9 +316,16 @@ def bench_flow(tmp: str, *, runs: int, repeats: int, n: int = 64) -> list[Row]:
 
 def run(*, only: set[str], runs: int, gan_runs: int, repeats: int, threads: int | None,
         names: tuple[str, ...] = IMAGE_BACKENDS, lm_runs: int = 3, train_steps: int = 50,
-        flow_runs: int = 5) -> dict[str, Any]:
+        flow_runs: int = 5, device: str = "cpu", precision: str = "auto") -> dict[str, Any]:
     import tempfile
 
+    from genloom.device import resolve_device
+
+    global DEVICE, DTYPE
+    DEVICE = resolve_device(device)
+    names = backend_names(names, DEVICE, precision)
+    DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32) \
+        if DEVICE.type != "cpu" else torch.float32
     if threads is not None:
         torch.set_num_threads(threads)
     rows: list[Row] = []
@@ -296,6 +341,7 @@ def run(*, only: set[str], runs: int, gan_runs: int, repeats: int, threads: int 
     if "train" in only:
         rows += bench_vae_train(steps=train_steps, repeats=repeats)
     return {"machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                        "device": str(DEVICE), "precision": precision, "backends": list(names),
                         "torch": torch.__version__, "load_avg": os.getloadavg()[0], "peak_gflops": cpu_peak_gflops()},
             "settings": {"runs": runs, "gan_runs": gan_runs, "flow_runs": flow_runs, "lm_runs": lm_runs, "train_steps": train_steps,
                          "repeats": repeats},
@@ -305,7 +351,8 @@ def run(*, only: set[str], runs: int, gan_runs: int, repeats: int, threads: int 
 def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     pk = m["peak_gflops"]
-    lines = [f"threads {m['threads']}, torch {m['torch']}, load average {m['load_avg']:.1f}; rough peak "
+    lines = [f"device {m.get('device', 'cpu')}, precision {m.get('precision', 'auto')}, "
+             f"threads {m['threads']}, torch {m['torch']}, load average {m['load_avg']:.1f}; rough peak "
              f"{pk['fp32']:.0f} GFLOP/s fp32, {pk['bf16']:.0f} bf16 ({pk['cores']} cores × {pk['ghz']:.2f} GHz × "
              f"32 FLOP/cycle)", "",
              "| benchmark | variant | p50 ms | p99 ms | throughput | GFLOP/s | vs naive |",

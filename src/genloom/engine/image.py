@@ -66,9 +66,9 @@ class VAEEngine(Engine):
         flat = check_images(x, x_dim=self.x_dim)
         y = check_labels(labels, len(flat), self.num_classes)
         with torch.inference_mode():
-            dev = next(self.model.parameters()).device
-            lab = None if y is None else torch.from_numpy(y).to(dev)
-            mu, _ = self.model.encode(torch.from_numpy(flat).to(dev), lab)
+            p = next(self.model.parameters())  # the model's device and type (engine.load's device, precision)
+            lab = None if y is None else torch.from_numpy(y).to(p.device)
+            mu, _ = self.model.encode(torch.from_numpy(flat).to(p.device, p.dtype), lab)
         return mu.float().cpu().numpy()
 
     def reconstruct(self, x: Any, *, labels: Sequence[int] | None = None) -> np.ndarray:

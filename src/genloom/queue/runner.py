@@ -18,13 +18,15 @@ class ModelRunner:
     """One loaded model: ``run`` executes a batch of validated requests (``core.runner.run_batch``) and encodes
     each result for the wire (``messages.encode_images`` / ``{"text": ...}``)."""
 
-    def __init__(self, name: str, path: str, *, threads: int | None = 1, backend: str = "auto") -> None:
+    def __init__(self, name: str, path: str, *, threads: int | None = 1, backend: str = "auto", device: str = "cpu",
+                 precision: str = "auto") -> None:
         from genloom import engine
         from genloom.export import read_header
 
         self.name, self.path = name, path
         lm = read_header(path).kind == "lm"  # the LM has one backend (eager, KV cache)
-        self.engine = engine.load(path, threads=threads, backend="auto" if lm else backend)
+        self.engine = engine.load(path, threads=threads, backend="auto" if lm else backend, device=device,
+                                  precision=precision)
         self.kind: str = self.engine.kind
         self.info = ModelInfo.of_header(self.engine.header)
 

@@ -66,6 +66,8 @@ class WorkerConfig:
     metrics_host: str = "127.0.0.1"
     threads: int = 1  # torch intra-op threads of this process
     backend: str = "auto"  # engine backend (genloom.engine.load); "exact" for bit-reproducible fp32
+    device: str = "cpu"  # where the models run (genloom.engine.load(device=...))
+    precision: str = "auto"  # the models' type (genloom.engine.load(precision=...))
     max_n: int = DEFAULT_LIMITS.max_n  # request caps: the same defaults as every transport (core/requests.py)
     max_new_tokens: int = DEFAULT_LIMITS.max_new_tokens
     name: str = "genloom-worker"  # the connection name shown by `rabbitmqctl list_connections`
@@ -92,6 +94,9 @@ class WorkerConfig:
         if not self.lease_s > 0 or self.depth_interval_s < 0:
             raise ValueError("--lease-s must be > 0 and --depth-interval ≥ 0")
         self.topology  # noqa: B018 - the property validates queue_type and delivery_limit
+        from genloom.device import check_device_precision
+
+        check_device_precision(self.device, self.precision)  # before connecting: one line naming the fix
 
 
 class QueueWorker:
@@ -121,7 +126,8 @@ class QueueWorker:
     async def start(self) -> None:
         cfg = self.config
         for name, path in cfg.models.items():
-            self.runners[name] = ModelRunner(name, path, threads=cfg.threads, backend=cfg.backend)
+            self.runners[name] = ModelRunner(name, path, threads=cfg.threads, backend=cfg.backend, device=cfg.device,
+                                             precision=cfg.precision)
             self._executors[name] = model_thread(name, cfg.threads)
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_port, host=cfg.metrics_host)

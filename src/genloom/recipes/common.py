@@ -16,6 +16,7 @@ import torch
 from genloom.data.batches import BatchSource
 from genloom.errors import GenloomError
 from genloom.models.base import GenerativeModel
+from genloom.options import TRAIN_DEVICE_HELP, TRAIN_PRECISION_HELP
 from genloom.runconfig import write_resolved
 from genloom.training.schedules import SCHEDULES
 from genloom.training.trainer import TrainConfig, Trainer
@@ -56,10 +57,8 @@ TRAIN_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--keep-checkpoints": ("keep_checkpoints", int, "how many step-NNNNNNNN.pt copies to keep (default 3)"),
     "--log-every": ("log_every", int, "write a metrics.jsonl record every N steps"),
     "--seed": ("seed", int, "random seed (data order, initialisation, noise)"),
-    "--device": ("device", str, "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps (default: auto)"),
-    "--precision": ("precision", str, "auto, fp32, bf16 or fp16 (GPU). auto: bf16 on GPUs that have it, else fp16 "
-                    "with a gradient scaler; on a CPU, bf16 only if a short measured probe finds it faster for this "
-                    "model on this CPU (cached per CPU model) (default: auto)"),
+    "--device": ("device", str, TRAIN_DEVICE_HELP),
+    "--precision": ("precision", str, TRAIN_PRECISION_HELP),
 }
 RUN_DEFAULTS: dict[str, Any] = {"device": "auto", "precision": "auto"}  # for every family, under its defaults
 
@@ -162,6 +161,8 @@ def run(rec: ModuleType, args: argparse.Namespace, *, resume_cmd: str | None = N
         argv = shlex.split(resume_cmd)[1:]  # "train FAMILY …options… --resume"
         if not args.resume:
             argv = argv[:-1]
+        elif args.resume is not True:  # --resume CHECKPOINT: every rank resumes from that file, not OUT's last.pt
+            argv.append(str(args.resume))
         rc = launch(args.nproc, strip_nproc(argv), resume_cmd=resume_cmd)
         if rc:
             raise SystemExit(rc)

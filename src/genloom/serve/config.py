@@ -13,6 +13,8 @@ Sources, later wins: built-in defaults < ``--config FILE.toml`` < command-line f
     [models.vae]          # one model (the name as in NAME=PATH)
     path = "runs/vae/model.safetensors"
     max_queue = 512
+    device = "cuda:1"     # where its worker runs it, and in what precision (genloom.engine.load)
+    precision = "bf16"
 """
 from __future__ import annotations
 
@@ -42,6 +44,8 @@ class ModelSettings:
     timeout_s: float = 30.0  # default per-request deadline (header X-Request-Timeout overrides, up to 10x)
     threads: int = 1  # torch intra-op threads inside the worker process
     backend: str = "auto"  # engine backend (genloom.engine.load); "exact" for bit-reproducible fp32
+    device: str = "cpu"  # where the worker runs the model (genloom.engine.load(device=...))
+    precision: str = "auto"  # the model's type in the worker (genloom.engine.load(precision=...))
 
     @property
     def limits(self) -> Limits:
@@ -57,6 +61,9 @@ class ModelSettings:
             if not ok:
                 raise GenloomError(f"serve setting {name}={getattr(self, name)!r} is out of range; "
                                    f"use a positive value")
+        from genloom.device import check_device_precision
+
+        check_device_precision(self.device, self.precision)  # before any worker starts: one line with the fix
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,8 @@ class Supervisor:
     # -- lifecycle ----------------------------------------------------------------------------------------
     def _new_worker(self, path: Path) -> WorkerProcess:
         return WorkerProcess(path, threads=self.settings.threads, slots=self.settings.max_batch_size,
-                             backend=self.settings.backend,
+                             backend=self.settings.backend, device=self.settings.device,
+                             precision=self.settings.precision,
                              on_exit=self._on_exit, on_tokens=self._on_tokens)
 
     async def start(self) -> None:

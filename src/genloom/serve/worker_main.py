@@ -84,13 +84,14 @@ class TorchSampler:
         return np.clip((x + 1) / 2 if x.min() < 0 else x, 0.0, 1.0)
 
 
-def _load(path: str, threads: int, backend: str = "auto") -> Any:
+def _load(path: str, threads: int, backend: str = "auto", device: str = "cpu", precision: str = "auto") -> Any:
     import genloom.engine as engine_mod
     from genloom.export import load, read_header
 
     kind = read_header(path).kind
     try:
-        engine = engine_mod.load(path, threads=threads, backend=backend if kind != "lm" else "auto")
+        engine = engine_mod.load(path, threads=threads, backend=backend if kind != "lm" else "auto", device=device,
+                                 precision=precision)
         if kind != "lm" or hasattr(engine, "model"):
             return engine
     except Exception as e:
@@ -101,7 +102,7 @@ def _load(path: str, threads: int, backend: str = "auto") -> Any:
 
 
 def main(conn: Connection, path: str, threads: int, slots: int, supervisor_pid: int | None = None,
-         backend: str = "auto") -> None:
+         backend: str = "auto", device: str = "cpu", precision: str = "auto") -> None:
     """Entry point of the worker process (forked by the forkserver: it dies with the server, see
     ``core.supervision``)."""
     from genloom.core.supervision import bind_to_parent
@@ -109,7 +110,7 @@ def main(conn: Connection, path: str, threads: int, slots: int, supervisor_pid: 
     bind_to_parent(supervisor_pid)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     try:
-        engine = _load(path, threads, backend)
+        engine = _load(path, threads, backend, device, precision)
     except Exception as e:  # an invalid file: tell the server and exit; the old worker (if any) keeps serving
         conn.send_bytes(ipc.encode({"op": "load_error", **_error(e)}))
         conn.close()

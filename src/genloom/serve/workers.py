@@ -70,11 +70,13 @@ class InputRejected(GenloomError):
 class WorkerProcess:
     """Server-side handle of one worker process: a pipe, a reader thread, the futures it owes."""
 
-    def __init__(self, path: Path, *, threads: int, slots: int, backend: str = "auto",
+    def __init__(self, path: Path, *, threads: int, slots: int, backend: str = "auto", device: str = "cpu",
+                 precision: str = "auto",
                  on_exit: Callable[["WorkerProcess"], None],
                  on_tokens: Callable[["WorkerProcess", dict[str, Any]], None]) -> None:
         self.path = path
         self.threads, self.slots, self.backend = threads, slots, backend
+        self.device, self.precision = device, precision
         self.on_exit, self.on_tokens = on_exit, on_tokens
         self.pending: dict[int, asyncio.Future] = {}  # batch id -> future of its outputs
         self.streams: dict[int, asyncio.Queue] = {}  # LM request id -> its event queue
@@ -97,7 +99,8 @@ class WorkerProcess:
         forkserver.ensure_running()
         parent, child = ctx.Pipe(duplex=True)
         self._proc = ctx.Process(target=worker_main.main,
-                                 args=(child, str(self.path), self.threads, self.slots, os.getpid(), self.backend),
+                                 args=(child, str(self.path), self.threads, self.slots, os.getpid(), self.backend,
+                                       self.device, self.precision),
                                  daemon=True, name=f"genloom-worker:{self.path.name}")
         await asyncio.to_thread(self._proc.start)  # the first start launches the forkserver (imports torch)
         child.close()

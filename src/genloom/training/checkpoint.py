@@ -7,14 +7,19 @@ leaves either the old or the new checkpoint — never a torn one. Loading uses
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from genloom.errors import GenloomError
 from genloom.fileformat import atomic_write
+
+if TYPE_CHECKING:
+    from genloom.training.trainer import Trainer
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -45,3 +50,44 @@ def keep_step_copy(last: Path, step: int, *, keep: int) -> Path:
     for old in sorted(last.parent.glob("step-*.pt"))[:-keep]:
         old.unlink(missing_ok=True)
     return dest
+
+
+def trainer_state(tr: Trainer) -> dict[str, Any]:
+    """Everything ``--resume`` needs: weights, optimizer states, the trainer's counters, the best weights and
+    the RNG states."""
+    return {
+        "model": tr.model.state_dict(),
+        "optimizers": {k: o.state_dict() for k, o in tr.optimizers.items()},
+        "trainer": {"step": tr.step, "epoch": tr.epoch, "batch_in_epoch": tr.batch_in_epoch,
+                    "elapsed": tr.elapsed, "best_val": tr.best_val, "best_step": tr.best_step,
+                    "bad_validations": tr.bad_validations, "config": dataclasses.asdict(tr.cfg)},
+        "best_model": tr.best_state,
+        "rng": {"torch": torch.get_rng_state(), "epoch_data": tr.epoch_gen_state,
+                **({"cuda": torch.cuda.get_rng_state(tr.device)} if tr.device.type == "cuda" else {})},
+    }
+
+
+def restore_trainer(tr: Trainer, path: Path) -> int:
+    """Load the checkpoint at ``path`` into ``tr`` (model, optimizers, counters, RNG streams); its step."""
+    ck = load_checkpoint(path)
+    try:
+        tr.model.load_state_dict(ck["model"])
+        for k, o in tr.optimizers.items():
+            o.load_state_dict(ck["optimizers"][k])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise GenloomError(f"{path}: does not match this model/config ({e}); use the "
+                           f"same flags as the original run or a new --out") from None
+    t = ck["trainer"]
+    tr.step, tr.epoch, tr.batch_in_epoch = t["step"], t["epoch"], t["batch_in_epoch"]
+    tr.elapsed, tr.best_val, tr.best_step = t["elapsed"], t["best_val"], t["best_step"]
+    tr.bad_validations = t["bad_validations"]
+    tr.best_state = ck.get("best_model")
+    torch.set_rng_state(ck["rng"]["torch"])
+    if tr.device.type == "cuda" and "cuda" in ck["rng"]:
+        torch.cuda.set_rng_state(ck["rng"]["cuda"], tr.device)
+    tr.epoch_gen_state = ck["rng"]["epoch_data"]
+    tr.resumed_from = path
+    if tr.dist.is_main:
+        print(f"Resumed from {path} (step {tr.step}, epoch {tr.epoch}, {tr.elapsed:.0f} s trained)",
+              file=sys.stderr)
+    return tr.step

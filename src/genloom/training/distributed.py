@@ -18,11 +18,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from genloom.data.batches import RowShard, shard_rows
+from genloom.errors import GenloomError
+from genloom.models.base import LossOutput
 
 # stop flags carried by the gradient all-reduce (summed over ranks)
 FLAG_SIGNAL, FLAG_TIME, FLAG_NONFINITE = 0, 1, 2
@@ -105,6 +108,57 @@ def allreduce_grads(params: list[torch.nn.Parameter], world: int, extras: torch.
 def allreduce_sum(values: torch.Tensor) -> torch.Tensor:
     dist.all_reduce(values)
     return values
+
+
+def stop_reason(remote: torch.Tensor, local: torch.Tensor, local_reason: str | None, *, step: int,
+                time_budget: float | None) -> str | None:
+    """Why every rank stops now, from the stop flags summed over ranks (``remote``) and this rank's own
+    (``local``, with the reason it gave), or None: a signal anywhere, a non-finite loss anywhere (this rank's own
+    message if it was this rank's), the time budget."""
+    if remote[FLAG_SIGNAL] > 0:
+        return "interrupted (signal)"
+    if remote[FLAG_NONFINITE] > 0:
+        own = local_reason if local[FLAG_NONFINITE] else None
+        return own or f"non-finite loss on another rank at step {step}: lower --lr or set --grad-clip"
+    if remote[FLAG_TIME] > 0:
+        return f"time budget of {time_budget:g} s spent"
+    return None
+
+
+def reduce_loss_output(out: LossOutput, d: Dist) -> tuple[float, dict[str, float]]:
+    """The step's loss and metrics as host floats, averaged over ranks weighted by each rank's items."""
+    keys = sorted(out.metrics)
+    vals = [out.loss.detach().double() * out.n, torch.tensor(float(out.n), dtype=torch.float64)]
+    vals += [torch.as_tensor(out.metrics[k], dtype=torch.float64).to(vals[0].device) * out.n for k in keys]
+    t = torch.stack([v.to(vals[0].device).reshape(()) for v in vals]).cpu()  # one host sync, at log steps
+    if d.enabled:
+        allreduce_sum(t)
+    n = float(t[1])
+    return float(t[0]) / n, {k: float(v) / n for k, v in zip(keys, t[2:])}
+
+
+def sum_over_ranks(tot: Any, n: float, sums: dict[str, Any], d: Dist) -> tuple[float, float, dict[str, float]]:
+    """Host floats of a weighted sum, its count and metric sums — added up over ranks (one collective)."""
+    keys = sorted(sums)
+    if d.enabled:  # the metric names from rank 0 (a rank may have seen no batch)
+        box = [keys]
+        dist.broadcast_object_list(box, src=0)
+        keys = box[0]
+    vals = torch.tensor([float(tot), float(n)] + [float(sums.get(k, 0.0)) for k in keys], dtype=torch.float64)
+    if d.enabled:
+        allreduce_sum(vals)
+    return float(vals[0]), float(vals[1]), {k: float(v) for k, v in zip(keys, vals[2:])}
+
+
+def lost_process_error(e: RuntimeError, d: Dist, *, step: int, resume_cmd: str | None) -> GenloomError | None:
+    """The one-line error for a collective that failed because another rank died (gloo: its sockets closed), or
+    None when ``e`` is something else."""
+    lost = isinstance(e, getattr(dist, "DistError", ())) or "closed by peer" in str(e) or "Connection reset" in str(e)
+    if not d.enabled or not lost:
+        return None
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return GenloomError(f"rank {d.rank}: lost another process of this run at step {step} ({first[:160]}); resume "
+                        f"with: {resume_cmd or 'the same command with --resume'}")
 
 
 def _unflatten_into(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:

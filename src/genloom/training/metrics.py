@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
 
 class MetricsLog:
     """Append-only JSON lines. On resume, records past the checkpoint's step are dropped first, so a killed
@@ -79,3 +81,33 @@ def plot_loss_curve(metrics_path: Path, out: Path, *, title: str = "") -> Path |
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+class NullLog:
+    """Ranks other than 0 write no metrics (nor TensorBoard images and text)."""
+
+    tb = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def image(self, tag: str, step: int, img: Any) -> None:
+        pass
+
+    def text(self, tag: str, step: int, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: the most memory torch allocated on the device; elsewhere the process's peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    except (ImportError, OSError):
+        return float("nan")

@@ -28,8 +28,8 @@ from typing import Callable, Iterator
 import torch
 
 from genloom.errors import GenloomError
+from genloom.options import PRECISIONS as CHOICES
 
-CHOICES = ("auto", "fp32", "bf16", "fp16")
 WARMUP_STEPS = 3
 MIN_SPEEDUP = 1.10  # bf16 must beat fp32 by this much in the probe: a tie is not worth the rounding
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

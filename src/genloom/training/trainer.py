@@ -1,17 +1,19 @@
 """One Trainer for every model family: the model owns its loss and its step (``train_step``); the Trainer owns
 the loop, schedules, clipping, validation, early stopping, checkpoints, resume, signals, logging and export —
-on any device, in any precision, in one process or data-parallel over many (``distributed.py``)."""
+on any device, in any precision, in one process or data-parallel over many.
+
+Its pieces live beside it: ``config.py`` (``TrainConfig``), ``checkpoint.py`` (atomic files, the state a resume
+needs and its restoration), ``probe.py`` (``--precision auto``: the measured plan), ``distributed.py`` (sharding,
+gradient all-reduce, stop flags, reductions over ranks, the lost-rank error), ``metrics.py`` (metrics.jsonl, the
+loss plot, peak memory)."""
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import math
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,60 +23,19 @@ from tqdm import tqdm
 from genloom import export
 from genloom.data.batches import BatchSource
 from genloom.device import resolve_device
-from genloom.errors import ConfigError, GenloomError
+from genloom.errors import GenloomError
 from genloom.models.base import GenerativeModel, LossOutput
 from genloom.training import distributed as dd
 from genloom.training import precision as prec
 from genloom.training.allocator import keep_freed_memory
-from genloom.training.checkpoint import keep_step_copy, load_checkpoint, save_checkpoint
-from genloom.training.metrics import MetricsLog, plot_loss_curve
-from genloom.training.schedules import SCHEDULES, lr_factor
+from genloom.training.checkpoint import (keep_step_copy, restore_trainer, save_checkpoint,
+                                         trainer_state)
+from genloom.training.config import TrainConfig
+from genloom.training.metrics import MetricsLog, NullLog, peak_memory_mb, plot_loss_curve
+from genloom.training.probe import precision_plan
+from genloom.training.schedules import lr_factor
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    out: str
-    epochs: int | None = None
-    steps: int | None = None
-    time_budget: float | None = None  # seconds; stop cleanly once spent
-    batch_size: int = 128
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    schedule: str = "constant"  # constant | cosine | warmup-cosine
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
-    decay_frac: float = 0.25  # wsd: the final fraction of training over which the LR decays
-    grad_clip: float | None = None  # global-norm clipping
-    val_every: int | None = None  # steps; None = at the end of every epoch
-    val_batches: int | None = None  # cap on validation batches (None = the whole validation set)
-    patience: int | None = None  # early stopping: validations without improvement ≥ min_delta
-    min_delta: float = 0.0
-    checkpoint_every: int = 1  # epochs (also: at every validation when val_every is set)
-    checkpoint_steps: int | None = None  # also every N steps: last.pt and a kept copy step-NNNNNNNN.pt
-    keep_checkpoints: int = 3  # step-*.pt copies kept (the oldest are deleted)
-    tensorboard: bool = True  # TensorBoard event files beside metrics.jsonl (training/tensorboard.py)
-    log_every: int = 10
-    seed: int = 0
-    progress: bool = True
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (genloom/device.py)
-    precision: str = "fp32"  # auto | fp32 | bf16 | fp16 (train/precision.py; the CLI's default is auto)
-    compile: bool = False  # torch.compile the model's loss
-
-    def __post_init__(self) -> None:
-        if self.epochs is None and self.steps is None and self.time_budget is None:
-            raise ConfigError("give --epochs, --steps or --time-budget")
-        if self.precision not in prec.CHOICES:
-            raise ConfigError(f"precision must be one of {', '.join(prec.CHOICES)}, not {self.precision!r}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        for name in ("epochs", "steps", "batch_size", "log_every", "checkpoint_every", "checkpoint_steps",
-                     "keep_checkpoints"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise ConfigError(f"{name} must be ≥ 1, got {v}")
-        if self.time_budget is not None and self.time_budget <= 0:
-            raise ConfigError("time_budget must be > 0 seconds")
+__all__ = ["Trainer", "TrainConfig"]
 
 
 class Trainer:
@@ -139,10 +100,11 @@ class Trainer:
         self._last_val_step = -1
         self.losses: list[float] = []
         self._stop_reason: str | None = None
+        self.resumed_from: Path | None = None  # the checkpoint this run continues (set by restore_trainer)
         # resume=True: OUT/checkpoints/last.pt; a path: that checkpoint file, or that run directory's last.pt
         resume_step = self._resume(self._resume_path(resume)) if resume else None
         self.log = MetricsLog(self.out / "metrics.jsonl", resume_step=resume_step, tensorboard=cfg.tensorboard) \
-            if self.dist.is_main else _NoLog()
+            if self.dist.is_main else NullLog()
         if self.dist.enabled:
             dd.broadcast_module(self.model)  # the same start everywhere, whatever the seeds did
 
@@ -188,27 +150,12 @@ class Trainer:
         if f is None or self._stop_reason:
             return
         self._remote_flags = None
-        if f[dd.FLAG_SIGNAL] > 0:
-            self._stop_reason = "interrupted (signal)"
-        elif f[dd.FLAG_NONFINITE] > 0:
-            self._stop_reason = getattr(self, "_local_reason", None) if self._flags[dd.FLAG_NONFINITE] else None
-            self._stop_reason = self._stop_reason or f"non-finite loss on another rank at step {self.step}: " \
-                                                     f"lower --lr or set --grad-clip"
-        elif f[dd.FLAG_TIME] > 0:
-            self._stop_reason = f"time budget of {self.cfg.time_budget:g} s spent"
+        self._stop_reason = dd.stop_reason(f, self._flags, getattr(self, "_local_reason", None), step=self.step,
+                                           time_budget=self.cfg.time_budget)
 
     # -- state ----------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "trainer": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                        "elapsed": self.elapsed, "best_val": self.best_val, "best_step": self.best_step,
-                        "bad_validations": self.bad_validations, "config": dataclasses.asdict(self.cfg)},
-            "best_model": self.best_state,
-            "rng": {"torch": torch.get_rng_state(), "epoch_data": self.epoch_gen_state,
-                    **({"cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {})},
-        }
+        return trainer_state(self)
 
     def save_checkpoint(self, name: str = "last.pt") -> Path:
         path = self.ckpt_dir / name
@@ -223,29 +170,7 @@ class Trainer:
         return p / "checkpoints" / "last.pt" if p.is_dir() else p
 
     def _resume(self, path: Path) -> int:
-        ck = load_checkpoint(path)
-        try:
-            self.model.load_state_dict(ck["model"])
-            for k, o in self.optimizers.items():
-                o.load_state_dict(ck["optimizers"][k])
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise GenloomError(f"{path}: does not match this model/config ({e}); use the "
-                               f"same flags as the original run or a new --out") from None
-        t = ck["trainer"]
-        self.step, self.epoch, self.batch_in_epoch = t["step"], t["epoch"], t["batch_in_epoch"]
-        self.elapsed, self.best_val, self.best_step = t["elapsed"], t["best_val"], t["best_step"]
-        self.bad_validations = t["bad_validations"]
-        self.best_state = ck.get("best_model")
-        torch.set_rng_state(ck["rng"]["torch"])
-        if self.device.type == "cuda" and "cuda" in ck["rng"]:
-            torch.cuda.set_rng_state(ck["rng"]["cuda"], self.device)
-        self.epoch_gen_state = ck["rng"]["epoch_data"]
-        self._resumed_mid_epoch = True
-        self.resumed_from = path
-        if self.dist.is_main:
-            print(f"Resumed from {path} (step {self.step}, epoch {self.epoch}, {self.elapsed:.0f} s trained)",
-                  file=sys.stderr)
-        return self.step
+        return restore_trainer(self, path)
 
     # -- validation -----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -292,16 +217,7 @@ class Trainer:
         return val
 
     def _sum_over_ranks(self, tot: Any, n: float, sums: dict[str, Any]) -> tuple[float, float, dict[str, float]]:
-        """Host floats of a weighted sum, its count and metric sums — added up over ranks (one collective)."""
-        keys = sorted(sums)
-        if self.dist.enabled:  # the metric names from rank 0 (a rank may have seen no batch)
-            box = [keys]
-            torch.distributed.broadcast_object_list(box, src=0)
-            keys = box[0]
-        vals = torch.tensor([float(tot), float(n)] + [float(sums.get(k, 0.0)) for k in keys], dtype=torch.float64)
-        if self.dist.enabled:
-            dd.allreduce_sum(vals)
-        return float(vals[0]), float(vals[1]), {k: float(v) for k, v in zip(keys, vals[2:])}
+        return dd.sum_over_ranks(tot, n, sums, self.dist)
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def _set_lr(self, t0: float) -> float:
@@ -342,14 +258,10 @@ class Trainer:
         try:
             self._loop()
         except RuntimeError as e:  # a collective failed: another rank died (gloo: its sockets closed)
-            lost = isinstance(e, getattr(torch.distributed, "DistError", ())) or "closed by peer" in str(e) \
-                or "Connection reset" in str(e)
-            if not self.dist.enabled or not lost:
+            lost = dd.lost_process_error(e, self.dist, step=self.step, resume_cmd=self.resume_cmd)
+            if lost is None:
                 raise
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise GenloomError(f"rank {self.dist.rank}: lost another process of this run at step {self.step} "
-                               f"({first[:160]}); resume with: {self.resume_cmd or 'the same command with --resume'}"
-                               ) from None
+            raise lost from None
         finally:
             if in_main:
                 for sig in handled:
@@ -383,52 +295,10 @@ class Trainer:
                 del self.model.loss  # back to the class's method
 
     def _precision_plan(self) -> prec.Plan:
-        """Resolve --precision; ``auto`` on a CPU measures (train/precision.py). Under data parallelism every
-        rank uses rank 0's verdict."""
-        cpu_bf16 = getattr(self.model, "cpu_bf16", "autocast")
-        probe = key = None
-        if self.cfg.precision == "auto" and self.device.type == "cpu":
-            batch = next(iter(self.train_src.epoch(torch.Generator().manual_seed(12345))), None)
-            if batch is not None:
-                shape = tuple(batch[0].shape)
-                key = prec.model_key(self.model.kind, _config_json(self.model), shape) + f" world {self.dist.world}"
-                probe = lambda: self._probe(batch, cpu_bf16)  # noqa: E731
-        p = prec.plan(self.cfg.precision, self.device, cpu_bf16=cpu_bf16, probe=probe, probe_key=key or "")
-        if self.dist.enabled:
-            choice = torch.tensor([1.0 if p.precision == "bf16" else 0.0])
-            torch.distributed.broadcast(choice, src=0)
-            want = "bf16" if float(choice) > 0 else "fp32"
-            if want != p.precision:
-                p = prec.plan(want, self.device, cpu_bf16=cpu_bf16)
-                p = dataclasses.replace(p, how="rank 0's choice")
-        return p
-
-    def _probe(self, batch: Any, cpu_bf16: str) -> tuple[float, float]:
-        """Seconds per training step in fp32 and bf16, on a copy of the model and optimizers (the run's
-        weights, optimizer state and RNG streams are untouched)."""
-        model = copy.deepcopy(self.model)
-        model.row_shard = getattr(self.train_src, "current", None)
-        opts = model.configure_optimizers(self.cfg)
-        hooks = _ProbeHooks(opts)
-        plans = {m: prec.plan(m, self.device, cpu_bf16=cpu_bf16) for m in ("fp32", "bf16")}
-
-        def step(mode: str) -> None:
-            with prec.applied(plans[mode]), prec.autocast(plans[mode]):
-                model.train_step(batch, opts, 0, hooks)
-
-        with torch.random.fork_rng(devices=[]):
-            return prec.time_alternating(step)
+        return precision_plan(self)
 
     def _reduce_train(self, out: LossOutput) -> tuple[float, dict[str, float]]:
-        """The step's loss and metrics as host floats, averaged over ranks weighted by each rank's items."""
-        keys = sorted(out.metrics)
-        vals = [out.loss.detach().double() * out.n, torch.tensor(float(out.n), dtype=torch.float64)]
-        vals += [torch.as_tensor(out.metrics[k], dtype=torch.float64).to(vals[0].device) * out.n for k in keys]
-        t = torch.stack([v.to(vals[0].device).reshape(()) for v in vals]).cpu()  # one host sync, at log steps
-        if self.dist.enabled:
-            dd.allreduce_sum(t)
-        n = float(t[1])
-        return float(t[0]) / n, {k: float(v) / n for k, v in zip(keys, t[2:])}
+        return dd.reduce_loss_output(out, self.dist)
 
     def _train_until_done(self) -> None:
         self.model.train()
@@ -529,62 +399,9 @@ class Trainer:
         if self.best_state is not None:
             model = copy.deepcopy(self.model)
             model.load_state_dict(self.best_state)
-        prov = {**self.provenance, "peak_memory_mb": round(_peak_memory_mb(self.device), 1),
+        prov = {**self.provenance, "peak_memory_mb": round(peak_memory_mb(self.device), 1),
                 "steps": self.step, "epochs": self.epoch, "train_seconds": round(self.elapsed, 2),
                 "best_val_loss": None if math.isinf(self.best_val) else self.best_val}
         path = export.save(model, path, provenance=prov)
         plot_loss_curve(self.out / "metrics.jsonl", self.out / "loss.png", title=f"{model.kind} training")
         return path
-
-
-class _NoLog:
-    """Ranks other than 0 write no metrics (nor TensorBoard images and text)."""
-
-    tb = None
-
-    def write(self, record: dict[str, Any]) -> None:
-        pass
-
-    def image(self, tag: str, step: int, img: Any) -> None:
-        pass
-
-    def text(self, tag: str, step: int, text: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class _ProbeHooks:
-    """The Trainer hooks a model's ``train_step`` uses, for the precision probe's throwaway copy."""
-
-    def __init__(self, optimizers: dict[str, torch.optim.Optimizer]) -> None:
-        self.optimizers = optimizers
-
-    def clip_and_step(self, name: str, loss: torch.Tensor, *, params: list[torch.nn.Parameter] | None = None
-                      ) -> float:
-        opt = self.optimizers[name]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return math.nan
-
-
-def _config_json(model: torch.nn.Module) -> str:
-    cfg = getattr(model, "config", None)
-    try:
-        return json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
-    except TypeError:
-        return repr(cfg)
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    """CUDA: the most memory torch allocated on the device; elsewhere the process's peak resident set."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    except (ImportError, OSError):
-        return float("nan")
