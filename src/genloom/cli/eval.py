@@ -155,7 +155,8 @@ def evaluate_flow(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]
     res = fid_and_accuracy(model, classifier, real_stats(cpath, classifier, test.images), n=n, seed=args.seed,
                            steps=steps, guidance=guidance, sampler=sampler)
     return {**res, "fid_samples": n, "fid_classifier": cpath.name, "sampler": sampler, "steps": steps,
-            "guidance": guidance, "network_evaluations": network_evaluations(steps, sampler)}
+            "guidance": guidance, "guidance_interval": [c.guidance_t_min, c.guidance_t_max],
+            "network_evaluations": network_evaluations(steps, sampler)}
 
 
 # ---- text -------------------------------------------------------------------------------------------------------
