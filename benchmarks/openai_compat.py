@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from genloom.core.supervision import stop_processes
+
 PROMPT = "ROMEO:\n"
 VOCAB = list("\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
@@ -209,11 +211,7 @@ def main() -> None:
                           f"{r['http_cpu_us_per_token']:.0f} µs CPU/token, model worker "
                           f"{r['worker_cpu_us_per_token']:.0f} µs CPU/token", file=sys.stderr)
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_processes([server])
     out = {mode: summarize(rs) for mode, rs in rounds.items()}
     out["openai_vs_native_throughput"] = round(out["openai"]["tokens_per_s_median"] /
                                                out["native"]["tokens_per_s_median"], 3)

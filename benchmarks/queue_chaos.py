@@ -24,11 +24,11 @@ from pathlib import Path
 
 import aio_pika
 
-from genloom.queue import admin
+from genloom.core.supervision import stop_processes
+from genloom.queue import DEFAULT_URL as URL, admin
 from genloom.queue import messages as m
 from genloom.queue.client import QueueClient, Response
 
-URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 def worker_children(supervisor_pid: int) -> list[int]:
@@ -152,13 +152,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             "first_failures": failures[:3]}
         return summary
     finally:
-        for s in sups:
-            s.send_signal(signal.SIGTERM)
-        for s in sups:
-            try:
-                s.wait(60)
-            except subprocess.TimeoutExpired:
-                s.kill()
+        stop_processes(sups, timeout=60)
         await admin.delete_model_queues(URL, model)
 
 

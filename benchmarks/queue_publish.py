@@ -19,9 +19,8 @@ import uuid
 import aio_pika
 import aiormq
 
-from genloom.queue import amqp
+from genloom.queue import DEFAULT_URL as URL, amqp
 
-URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 async def run(n: int, repeats: int) -> dict[str, object]:

@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -24,10 +23,10 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from genloom.queue import admin
+from genloom.core.supervision import stop_processes
+from genloom.queue import DEFAULT_URL as URL, admin
 from genloom.queue.client import QueueClient, Response
 
-URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 def make_model(path: Path) -> Path:
@@ -49,18 +48,6 @@ def start_workers(model: str, path: Path, *, k: int, batch_size: int, prefetch: 
         log = open(log_dir / f"worker-{batch_size}-{i}.log", "wb")
         procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
     return procs
-
-
-def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -126,7 +113,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                 cpu = r["cpu_us_client"] + r["cpu_us_workers"] + r["cpu_us_broker"]
                 r["capacity_rps_on_2_idle_cores"] = 2e6 / cpu  # if nothing else ran on the 2 cores
             finally:
-                stop_workers(procs)
+                stop_processes(procs)
                 await admin.delete_model_queues(URL, model)
             results[b].append(r)
             print(json.dumps({"repeat": rep, "batch_size": b, **{k: round(v, 2) for k, v in r.items()}}),

@@ -14,8 +14,9 @@ import torch
 
 from genloom.export import save
 from genloom.models.vae import VAE, VAEConfig
+from genloom.queue import DEFAULT_URL, admin
 
-URL = os.environ.get("GENLOOM_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+URL = os.environ.get("GENLOOM_AMQP_URL", DEFAULT_URL)
 
 # Every queue and model name a test makes carries this run's tag, so that the session-end check in conftest.py
 # (``leaked_queues``) finds exactly what this run left on the broker, even with other runs using it at once.
@@ -34,6 +35,14 @@ def require_broker() -> str:
     global USED
     USED = True
     return URL
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a worker's metrics endpoint): a fixed port
+    collides with another test run on the same machine."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def tiny_vae(path: Path, *, num_classes: int = 0) -> Path:
@@ -72,52 +81,15 @@ def leaked_queues() -> list[str]:
             res = None
         if res is not None and res.returncode == 0:
             return sorted(n.strip() for n in res.stdout.splitlines() if SESSION_TAG in n)
-    return asyncio.run(_existing(ISSUED))
-
-
-async def _existing(names: list[str]) -> list[str]:
-    import aio_pika
-    import aiormq
-
-    found = []
-    conn = await aio_pika.connect(URL)
-    try:
-        for name in dict.fromkeys(names):
-            ch = await conn.channel()
-            try:
-                await ch.declare_queue(name, passive=True)
-                found.append(name)
-                await ch.close()
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                pass
-    finally:
-        await conn.close()
-    return found
+    return asyncio.run(admin.existing_queues(URL, ISSUED))
 
 
 def delete_queues(names: list[str]) -> None:
-    async def go() -> None:
-        import aio_pika
-        import aiormq
-
-        conn = await aio_pika.connect(URL)
-        try:
-            for name in names:
-                ch = await conn.channel()
-                try:
-                    await ch.queue_delete(name)
-                except aiormq.exceptions.AMQPError:
-                    pass
-        finally:
-            await conn.close()
-
-    asyncio.run(go())
+    asyncio.run(admin.delete_queues(URL, names))
 
 
 def cleanup(model: str) -> None:
-    from genloom.queue.admin import delete_model_queues
-
-    asyncio.run(delete_model_queues(URL, model))
+    asyncio.run(admin.delete_model_queues(URL, model))
 
 
 def close_connections_named(name: str) -> int:

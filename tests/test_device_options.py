@@ -105,7 +105,8 @@ def test_sample_cli_precision(vae_path: Path, tmp_path: Path, capsys: pytest.Cap
 
 
 def test_worker_runs_the_model_on_the_cpu_in_the_precision_asked(vae_path: Path) -> None:
-    from genloom.queue.worker import ModelRunner, WorkerConfig
+    from genloom.queue.runner import ModelRunner
+    from genloom.queue.worker import WorkerConfig
 
     cfg = WorkerConfig(url="amqp://guest:guest@127.0.0.1:5672/", models={"v": str(vae_path)}, device="cpu",
                        precision="bf16")

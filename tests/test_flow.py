@@ -319,3 +319,20 @@ def test_distill_recipe_writes_a_few_step_student_file(tmp_path):
     with pytest.raises(GenloomError, match="already a distilled student"):
         genloom.train("flow", out=tmp_path / "z", teacher=out["model"], steps=1, distill_pairs=16,
                       batch_size=16, precision="fp32", no_tensorboard=True)
+
+
+def test_train_flow_runs_both_stages_and_exports_one_file(tmp_path, idx_dir):
+    """`genloom train flow` from images: the autoencoder stage, then the DiT, one self-describing file."""
+    import genloom
+
+    out = genloom.train("flow", out=tmp_path / "run", data=idx_dir, subset=128, ae_epochs=1, steps=3,
+                        batch_size=32, ae_dim=8, dim=16, depth=1, threads=1, precision="fp32",
+                        no_tensorboard=True, no_progress=True)
+    assert out["autoencoder_seconds"] > 0 and out["total_train_seconds"] >= out["autoencoder_seconds"]
+    prov = export.read_header(out["model"]).provenance
+    assert prov["autoencoder"] == "trained in this run" and prov["total_train_seconds"] == out["total_train_seconds"]
+    m = export.load(out["model"])
+    assert (m.config.dim, m.config.depth) == (16, 1)
+    imgs = m.generate(3, generator=torch.Generator().manual_seed(0), labels=torch.tensor([0, 1, 2]))
+    assert imgs.shape == (3, 1, 28, 28) and 0 <= float(imgs.min()) and float(imgs.max()) <= 1
+    assert (tmp_path / "run" / "samples" / "final.png").is_file()

@@ -26,18 +26,10 @@ from genloom.queue.client import QueueClient, Response
 from genloom.queue.poison import CHAOS_ENV
 from genloom.queue.topology import Topology, precondition_message, urgent_queue
 from genloom.queue.worker import QueueWorker, WorkerConfig
-from queue_helpers import require_broker, tiny_vae, unique_model
+from queue_helpers import free_port, require_broker, tiny_vae, unique_model
 from test_queue_cli import GENLOOM, stop
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _metric(text: str, name: str, **labels: str) -> float | None:

@@ -17,7 +17,7 @@ from genloom.queue import admin
 from genloom.queue import messages as m
 from genloom.queue.client import QueueClient
 from genloom.queue.worker import QueueWorker, WorkerConfig
-from queue_helpers import close_connections_named, require_broker, tiny_vae, unique_model
+from queue_helpers import close_connections_named, free_port, require_broker, tiny_vae, unique_model
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
@@ -31,7 +31,9 @@ def model_file(tmp_path: Path) -> Path:
 async def served(model_file: Path, request: pytest.FixtureRequest) -> AsyncIterator[tuple[QueueWorker, str]]:
     url = require_broker()
     name = unique_model()
-    opts: dict[str, Any] = getattr(request, "param", {})
+    opts: dict[str, Any] = dict(getattr(request, "param", {}))
+    if opts.get("metrics_port") == "free":
+        opts["metrics_port"] = free_port()
     worker = QueueWorker(WorkerConfig(url=url, models={name: str(model_file)}, name=f"w-{name}", **opts))
     await worker.start()
     try:
@@ -108,7 +110,7 @@ async def test_transient_failures_are_retried_then_dead_lettered(served: tuple[Q
     assert "simulated engine failure" in dead[0]["reason"]
 
 
-@pytest.mark.parametrize("served", [{"prefetch": 50, "batch_size": 16, "metrics_port": 19731}], indirect=True)
+@pytest.mark.parametrize("served", [{"prefetch": 50, "batch_size": 16, "metrics_port": "free"}], indirect=True)
 async def test_dropped_connection_redelivers_and_client_dedups(served: tuple[QueueWorker, str]) -> None:
     worker, name = served
     runner = worker.runners[name]
@@ -136,10 +138,15 @@ async def test_dropped_connection_redelivers_and_client_dedups(served: tuple[Que
         results = await asyncio.wait_for(task, 40)
     assert all(not isinstance(r, Exception) and r.ok for r in results)
     assert len({r.id for r in results}) == 300  # every id answered once at the client (duplicates dropped)
+    # The held messages come back after the reconnect and run alone (poison.py); the client may have all 300
+    # answers before the last of them is acked — answers from the first delivery make the redelivered copies
+    # duplicates, and the worker counts an ack only when the reply's publisher confirm reaches it, which can come
+    # after the client got that reply. So wait for the worker to settle, not for the first redelivery.
     async with httpx.AsyncClient() as http:
-        for _ in range(100):  # the held messages come back after the reconnect (their answers may be duplicates)
-            text = (await http.get("http://127.0.0.1:19731/metrics")).text
-            if _metric(text, "genloom_queue_redelivered_total", name) >= 1:
+        for _ in range(300):
+            text = (await http.get(f"http://127.0.0.1:{worker.config.metrics_port}/metrics")).text
+            if (_metric(text, "genloom_queue_redelivered_total", name) >= 1
+                    and _metric(text, "genloom_queue_acked_total", name) >= 300):
                 break
             await asyncio.sleep(0.1)
     consumed = _metric(text, "genloom_queue_consumed_total", name)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +19,7 @@ import torch
 
 from genloom import cli
 from genloom.core.requests import RequestError
+from genloom.core.supervision import stop_processes
 from genloom.engine import load
 from genloom.export import save
 from genloom.models.gan import GAN, GANConfig
@@ -101,14 +100,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 asyncio.run(admin.wait_for_consumers(url, st.amqp_name(fam, exact), 1, timeout=180))
         yield st
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        stop_processes(procs)
         for exact in (True, False):
             for fam in FAMILIES:
                 asyncio.run(admin.delete_model_queues(url, st.amqp_name(fam, exact)))

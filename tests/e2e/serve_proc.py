@@ -5,7 +5,6 @@ buffered); a failed start names the log's tail."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +13,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from genloom.core.supervision import stop_processes
 
 TOKEN = "e2e-token"  # GENLOOM_ADMIN_TOKEN of the servers these tests start
 
@@ -60,12 +61,6 @@ class Proc:
         return self.log_path.read_text(errors="replace")[-n:]
 
     def stop(self) -> None:
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(15)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait(5)
+        stop_processes([self.p], timeout=15)  # SIGTERM (a graceful drain), then SIGKILL after 15 s
         if not self.log.closed:
             self.log.close()

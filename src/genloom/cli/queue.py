@@ -1,4 +1,5 @@
-"""``genloom worker`` and ``genloom submit``: the RabbitMQ edge (docs/queue.md; docs/architecture.md "AMQP")."""
+"""``genloom worker``, ``genloom submit`` and ``genloom queue status``: the RabbitMQ edge (docs/queue.md;
+docs/architecture.md "AMQP")."""
 from __future__ import annotations
 
 import argparse
@@ -13,8 +14,7 @@ from typing import Any
 from genloom.core.requests import DEFAULT_LIMITS
 from genloom.errors import ConfigError, GenloomError
 from genloom.options import add_device_options
-
-DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+from genloom.queue import DEFAULT_URL
 
 
 def parse_models(specs: list[str]) -> dict[str, str]:
@@ -120,13 +120,40 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     return asyncio.run(_submit(args))
 
 
+def _cmd_queue_status(args: argparse.Namespace) -> int:
+    from genloom.queue.status import check_models, status, table
+
+    check_models(args.models)
+    rows = asyncio.run(status(args.amqp, args.models, args.worker_metrics or []))
+    if not any(r["exists"] for r in rows):
+        raise GenloomError(f"no queues for {', '.join(args.models)} on the broker; start a worker: "
+                           f"`genloom worker {args.models[0]}=PATH`")
+    if args.json:
+        print(json.dumps({"queues": rows}))
+        return 0
+    print(table(rows))
+    if not args.worker_metrics:
+        print("unacked: AMQP reports only ready messages; add --worker-metrics URL for each worker "
+              "(genloom worker --metrics-port) to sum theirs", file=sys.stderr)
+    return 0
+
+
+def _command(sub: Any, name: str, *, help: str, description: str, models: str | None) -> argparse.ArgumentParser:
+    """A command that talks to one broker (``--amqp``), with the model names or files as arguments if ``models``
+    (their help) is given."""
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=description)
+    if models is not None:
+        p.add_argument("models", nargs="+", metavar="MODEL", help=models)
+    p.add_argument("--amqp", default=DEFAULT_URL, help=f"broker URL (default {DEFAULT_URL})")
+    return p
+
+
 def register(sub: Any) -> None:
-    w = sub.add_parser("worker", help="consume model requests from RabbitMQ (supervised, batched)",
-                       description="Serve models from durable RabbitMQ queues genloom.<name>: batch requests into "
-                                   "one forward pass, reply to reply_to, ack after the reply is confirmed. "
-                                   "Restarts its worker process after a crash; SIGTERM finishes in-flight work.")
-    w.add_argument("models", nargs="+", metavar="MODEL", help="NAME=PATH or PATH (name = the file's stem)")
-    w.add_argument("--amqp", default=DEFAULT_URL, help=f"broker URL (default {DEFAULT_URL})")
+    w = _command(sub, "worker", help="consume model requests from RabbitMQ (supervised, batched)",
+                 description="Serve models from durable RabbitMQ queues genloom.<name>: batch requests into one "
+                             "forward pass, reply to reply_to, ack after the reply is confirmed. Restarts its "
+                             "worker process after a crash; SIGTERM finishes in-flight work.",
+                 models="NAME=PATH or PATH (name = the file's stem)")
     w.add_argument("--prefetch", type=int, default=512, help="unacked messages this worker may hold (backpressure)")
     w.add_argument("--concurrency", type=int, default=2, help="batches in flight per model")
     w.add_argument("--batch-size", type=int, default=128, help="max requests per forward pass (1 = no batching)")
@@ -154,10 +181,9 @@ def register(sub: Any) -> None:
                    help="seconds between queue-depth refreshes for the metrics (0 = off)")
     w.set_defaults(func=_cmd_worker)
 
-    s = sub.add_parser("submit", help="send requests to RabbitMQ workers and await the results",
-                       description="Publish requests (persistent, confirmed) to genloom.<model>, await each "
-                                   "response by correlation id (duplicates dropped), report throughput and latency.")
-    s.add_argument("--amqp", default=DEFAULT_URL, help=f"broker URL (default {DEFAULT_URL})")
+    s = _command(sub, "submit", help="send requests to RabbitMQ workers and await the results",
+                 description="Publish requests (persistent, confirmed) to genloom.<model>, await each response by "
+                             "correlation id (duplicates dropped), report throughput and latency.", models=None)
     s.add_argument("--model", required=True, help="model name (as given to genloom worker)")
     s.add_argument("-n", type=int, default=1, help="images per request (sample)")
     s.add_argument("--seed", type=int, default=None, help="seed of the first request (request i gets seed + i)")
@@ -177,6 +203,15 @@ def register(sub: Any) -> None:
                    help="high: publish to the model's urgent queue, served before normal requests")
     s.set_defaults(func=_cmd_submit)
 
-    from genloom.queue.status import register as register_status
-
-    register_status(sub)
+    q = sub.add_parser("queue", help="inspect the RabbitMQ queues of served models",
+                       description="Operate the RabbitMQ worker pool's queues.")
+    qs = q.add_subparsers(dest="queue_command", required=True, metavar="COMMAND")
+    st = _command(qs, "status", help="ready, unacked and consumers of each model's queues",
+                  description="Print messages ready, unacked and consumers of genloom.MODEL, genloom.MODEL.urgent "
+                              "and genloom.MODEL.dead. Ready and consumers come from the broker; unacked from the "
+                              "workers' metrics (--worker-metrics).",
+                  models="model name(s) as given to genloom worker")
+    st.add_argument("--worker-metrics", action="append", metavar="URL",
+                    help="a worker's metrics URL (http://HOST:PORT/metrics), once per worker: sums their unacked")
+    st.add_argument("--json", action="store_true", help="print one JSON object")
+    st.set_defaults(func=_cmd_queue_status)

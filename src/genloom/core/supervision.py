@@ -8,15 +8,18 @@ the models.
   worker's connection dies with it and the broker requeues its unacked messages.
 - The supervisor restarts a child that died with exponential backoff (``Backoff``), reset after a child has
   run ``stable_s`` seconds.
+- ``stop_processes`` stops such servers started as subprocesses (tests, benchmarks): SIGTERM, then SIGKILL.
 """
 from __future__ import annotations
 
 import ctypes
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 POLL_S = 0.25  # the watchdog's period: a child outlives its supervisor by at most this (plus scheduling)
@@ -79,3 +82,25 @@ class Backoff:
         delay = min(self.most, self.first * 2 ** self.attempt)
         self.attempt += 1
         return delay
+
+
+def stop_processes(procs: list[subprocess.Popen[Any]], *, timeout: float = 30.0) -> None:
+    """Stop started ``genloom serve`` / ``genloom worker`` processes (``subprocess.Popen``) the way an operator
+    would: SIGTERM to each still running (a graceful drain), then up to ``timeout`` seconds for each to exit;
+    one that does not is killed — with its whole process group when it leads one (``start_new_session``), so
+    its model processes go too."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                if os.getpgid(p.pid) == p.pid:
+                    os.killpg(p.pid, signal.SIGKILL)
+                else:
+                    p.kill()
+            except ProcessLookupError:
+                pass
+            p.wait()

@@ -62,13 +62,29 @@ async def drain_dead_letters(url: str, model: str) -> list[dict[str, Any]]:
     return out
 
 
-async def delete_model_queues(url: str, model: str) -> None:
-    """Delete ``genloom.<model>``, its urgent and its dead-letter queue (tests and benchmarks clean up)."""
-    from genloom.queue.topology import all_queues
-
+async def existing_queues(url: str, names: list[str]) -> list[str]:
+    """Those of ``names`` that exist on the broker (a passive declare of each), in order, each once."""
+    found = []
     conn = await aio_pika.connect(url)
     try:
-        for name in all_queues(model):
+        for name in dict.fromkeys(names):
+            ch = await conn.channel()
+            try:
+                await ch.declare_queue(name, passive=True)
+                found.append(name)
+                await ch.close()
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                pass
+    finally:
+        await conn.close()
+    return found
+
+
+async def delete_queues(url: str, names: list[str]) -> None:
+    """Delete each queue of ``names`` that exists, whatever it holds (tests and benchmarks clean up)."""
+    conn = await aio_pika.connect(url)
+    try:
+        for name in names:
             ch = await conn.channel()
             try:
                 await ch.queue_delete(name)
@@ -76,6 +92,13 @@ async def delete_model_queues(url: str, model: str) -> None:
                 pass
     finally:
         await conn.close()
+
+
+async def delete_model_queues(url: str, model: str) -> None:
+    """Delete ``genloom.<model>``, its urgent and its dead-letter queue (tests and benchmarks clean up)."""
+    from genloom.queue.topology import all_queues
+
+    await delete_queues(url, all_queues(model))
 
 
 def _s(v: Any) -> Any:

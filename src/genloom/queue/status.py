@@ -1,4 +1,4 @@
-"""``genloom queue status MODEL...``: ready, unacked and consumers of each model's queues.
+"""Ready, unacked and consumers of each model's queues (``genloom queue status MODEL...``, cli/queue.py).
 
 Ready and consumers come from the broker over AMQP. Unacked messages are not visible over AMQP (only the
 management plugin's HTTP API knows them), so they are summed from the workers' own metrics
@@ -6,17 +6,12 @@ management plugin's HTTP API knows them), so they are summed from the workers' o
 """
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
 import re
-import sys
 import urllib.request
 from typing import Any
 
 from genloom.errors import GenloomError
 
-DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 _UNACKED = re.compile(r'^genloom_queue_messages_unacked\{queue="([^"]+)"\} ([0-9.eE+-]+)$', re.M)
 
 
@@ -58,48 +53,27 @@ async def status(url: str, models: list[str], worker_metrics: list[str]) -> list
     return rows
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
+def check_models(models: list[str]) -> None:
+    """GenloomError naming the problem for a model name that cannot have queues."""
     from genloom.queue.messages import check_model_name
 
-    for model in args.models:
+    for model in models:
         try:
             check_model_name(model)
         except ValueError as e:
             raise GenloomError(str(e)) from None
-    rows = asyncio.run(status(args.amqp, args.models, args.worker_metrics or []))
-    if not any(r["exists"] for r in rows):
-        raise GenloomError(f"no queues for {', '.join(args.models)} on the broker; start a worker: "
-                           f"`genloom worker {args.models[0]}=PATH`")
-    if args.json:
-        print(json.dumps({"queues": rows}))
-        return 0
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """``status``'s rows as the aligned text table ``genloom queue status`` prints."""
 
     def cell(v: Any) -> str:
         return "-" if v is None else str(v)
 
-    print(f"{'queue':<40} {'ready':>8} {'unacked':>8} {'consumers':>9}")
+    lines = [f"{'queue':<40} {'ready':>8} {'unacked':>8} {'consumers':>9}"]
     for r in rows:
         if not r["exists"]:
-            print(f"{r['queue']:<40} {'(not declared)':>27}")
+            lines.append(f"{r['queue']:<40} {'(not declared)':>27}")
             continue
-        print(f"{r['queue']:<40} {cell(r['ready']):>8} {cell(r['unacked']):>8} {cell(r['consumers']):>9}")
-    if not args.worker_metrics:
-        print("unacked: AMQP reports only ready messages; add --worker-metrics URL for each worker "
-              "(genloom worker --metrics-port) to sum theirs", file=sys.stderr)
-    return 0
-
-
-def register(sub: Any) -> None:
-    q = sub.add_parser("queue", help="inspect the RabbitMQ queues of served models",
-                       description="Operate the RabbitMQ worker pool's queues.")
-    qs = q.add_subparsers(dest="queue_command", required=True, metavar="COMMAND")
-    s = qs.add_parser("status", help="ready, unacked and consumers of each model's queues",
-                      description="Print messages ready, unacked and consumers of genloom.MODEL, "
-                                  "genloom.MODEL.urgent and genloom.MODEL.dead. Ready and consumers come from the "
-                                  "broker; unacked from the workers' metrics (--worker-metrics).")
-    s.add_argument("models", nargs="+", metavar="MODEL", help="model name(s) as given to genloom worker")
-    s.add_argument("--amqp", default=DEFAULT_URL, help=f"broker URL (default {DEFAULT_URL})")
-    s.add_argument("--worker-metrics", action="append", metavar="URL",
-                   help="a worker's metrics URL (http://HOST:PORT/metrics), once per worker: sums their unacked")
-    s.add_argument("--json", action="store_true", help="print one JSON object")
-    s.set_defaults(func=_cmd_status)
+        lines.append(f"{r['queue']:<40} {cell(r['ready']):>8} {cell(r['unacked']):>8} {cell(r['consumers']):>9}")
+    return "\n".join(lines)

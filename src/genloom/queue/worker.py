@@ -14,6 +14,10 @@ Per delivered message (one robust connection, one confirm-mode channel, QoS pref
 
 A message whose channel died before it finished is dropped here: the broker has already requeued it.
 
+The modules behind it: ``runner.py`` (the models and their threads), ``outcomes.py`` (how a delivery ends:
+reply, retry, dead letter, hand-back, ack), ``flow.py`` (which tags may be acked), ``poison.py`` (suspects and
+culprits), ``lease.py`` (long generations), ``supervisor.py`` (the worker process and its restarts).
+
 Per-message cost (what the throughput benchmark measures): deliveries arrive through a raw aiormq consumer
 (re-registered by the robust channel's reopen callback after every reconnect); a batch's responses go out in
 one frame write (``amqp.publish_batch``) and are acked with one ``multiple=True`` ack up to the contiguous
@@ -35,18 +39,18 @@ from typing import Any, Awaitable
 import aio_pika
 import aiormq
 
-from genloom.core.requests import DEFAULT_LIMITS, ModelInfo
-from genloom.core.runner import run_batch
+from genloom.core.requests import DEFAULT_LIMITS
 from genloom.queue import amqp
-from genloom.queue.amqp import CONNECTION_ERRORS, publish
+from genloom.queue.amqp import CONNECTION_ERRORS
 from genloom.core.batcher import Batcher, Entry
 from genloom.queue.flow import AckWindow
 from genloom.queue import lease, messages as m, poison
 from genloom.queue.metrics import WorkerMetrics
+from genloom.queue.outcomes import PUBLISH_TIMEOUT_S, Delivery, Outcomes
+from genloom.queue.runner import ModelRunner, model_thread
 from genloom.queue.topology import Topology, delivery_count, request_queues
 
 log = logging.getLogger("genloom.queue.worker")
-PUBLISH_TIMEOUT_S = 15.0  # a reply or retry not confirmed by then is given up: its request stays unacked
 
 
 @dataclass(frozen=True)
@@ -95,57 +99,6 @@ class WorkerConfig:
         check_device_precision(self.device, self.precision)  # before connecting: one line naming the fix
 
 
-class ModelRunner:
-    """One loaded model: ``run`` executes a batch of validated requests (``core.runner.run_batch``) and encodes
-    each result for the wire (``messages.encode_images`` / ``{"text": ...}``)."""
-
-    def __init__(self, name: str, path: str, *, threads: int | None = 1, backend: str = "auto", device: str = "cpu",
-                 precision: str = "auto") -> None:
-        from genloom import engine
-        from genloom.export import read_header
-
-        self.name, self.path = name, path
-        lm = read_header(path).kind == "lm"  # the LM has one backend (eager, KV cache)
-        self.engine = engine.load(path, threads=threads, backend="auto" if lm else backend, device=device,
-                                  precision=precision)
-        self.kind: str = self.engine.kind
-        self.info = ModelInfo.of_header(self.engine.header)
-
-    def run(self, reqs: list[m.Request]) -> list[Any]:
-        """The JSON result of each request, in order. Raises on a (transient) failure of the batch."""
-        results = run_batch(self.engine, [{"op": r.op, **r.params} for r in reqs])
-        out: list[Any] = []
-        for r, res in zip(reqs, results):
-            if isinstance(res, BaseException):
-                raise res
-            out.append({"text": res} if r.op == "generate" else m.encode_images(res, r.params["format"]))
-        return out
-
-
-@dataclass(eq=False)
-class _Item:
-    """One delivered request: the raw aiormq delivery and what the worker needs of it."""
-    msg: aiormq.abc.DeliveredMessage
-    t0: float
-    window: AckWindow
-    queue: str = ""
-    count: int = 0  # deliveries of this message before this one
-    key: str = ""  # poison.message_key
-    req: m.Request | None = None
-
-    @property
-    def tag(self) -> int:
-        return self.msg.delivery.delivery_tag  # type: ignore[union-attr,return-value]
-
-    @property
-    def props(self) -> Any:
-        return self.msg.header.properties
-
-    @property
-    def live(self) -> bool:
-        return not self.window.channel.is_closed
-
-
 class QueueWorker:
     """One worker process's consumer. ``await start()``, then ``await stop()`` finishes in-flight work."""
 
@@ -163,9 +116,10 @@ class QueueWorker:
         self.channel: aio_pika.abc.AbstractRobustChannel | None = None
         self._consumers: amqp.RobustConsumers | None = None
         self._batchers: dict[str, Batcher] = {}
-        self._executors: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
+        self._executors: dict[str, concurrent.futures.ThreadPoolExecutor] = {}  # runner.model_thread
         self._window: AckWindow | None = None
         self._windows: list[AckWindow] = []
+        self.outcomes: Outcomes  # how deliveries end: replies, retries, dead letters, acks (set by start)
         self._side: set[asyncio.Task[None]] = set()
         self.stopped = asyncio.Event()
 
@@ -174,13 +128,13 @@ class QueueWorker:
         for name, path in cfg.models.items():
             self.runners[name] = ModelRunner(name, path, threads=cfg.threads, backend=cfg.backend, device=cfg.device,
                                              precision=cfg.precision)
-            self._executors[name] = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix=f"model-{name}", initializer=_thread_setup, initargs=(cfg.threads,))
+            self._executors[name] = model_thread(name, cfg.threads)
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_port, host=cfg.metrics_host)
         self.connection = await amqp.connect_robust(cfg.url, name=cfg.name)
         self.channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)  # type: ignore
         await self.channel.set_qos(prefetch_count=cfg.prefetch)
+        self.outcomes = Outcomes(self.channel, self.metrics, max_retries=cfg.max_retries)
         self._consumers = amqp.RobustConsumers(self.channel, self._declare_all)
         for name in cfg.models:
             await self._declare(name)  # GenloomError naming the fix for a queue declared otherwise (topology.py)
@@ -261,9 +215,9 @@ class QueueWorker:
     async def _on_message(self, model: str, queue: str, msg: aiormq.abc.DeliveredMessage) -> None:
         window = self._window_of(msg.channel)
         props = msg.header.properties
-        item = _Item(msg, time.monotonic(), window, queue,
-                     delivery_count(props.headers, bool(msg.delivery.redelivered)),  # type: ignore[union-attr]
-                     poison.message_key(props.message_id, props.correlation_id, msg.body))
+        item = Delivery(msg, time.monotonic(), window, queue,
+                        delivery_count(props.headers, bool(msg.delivery.redelivered)),  # type: ignore[union-attr]
+                        poison.message_key(props.message_id, props.correlation_id, msg.body))
         window.delivered(item.tag)
         mx = self.metrics.of(model)
         mx.consumed.inc()
@@ -272,12 +226,12 @@ class QueueWorker:
         if item.count:
             mx.redelivered.inc()
             if self.config.queue_type == "classic":  # no delivery count: count it as a retry (republished)
-                self._spawn(self._retry(model, item, reason="redelivered: a worker died or lost its connection "
-                                                            "while holding it", code="redelivered"))
+                self._spawn(self.outcomes.retry(model, item, reason="redelivered: a worker died or lost its "
+                                                                    "connection while holding it", code="redelivered"))
                 return
             if item.key in self.culprits and item.count >= self.config.delivery_limit - 1:
                 self.metrics.poison.labels(model).inc()
-                self._spawn(self._dead_letter(
+                self._spawn(self.outcomes.dead_letter(
                     model, item, f"poison message: it killed the worker process on each of its {item.count} "
                                  f"deliveries so far (delivery limit {self.config.delivery_limit})",
                     "redelivered", request_id=m.request_id_of(msg.body)))
@@ -286,7 +240,7 @@ class QueueWorker:
             item.req = m.parse_request(msg.body, kinds={model: self.runners[model].info}, limits=self.limits)
         except m.InvalidRequest as e:
             self.metrics.rejected.labels(model, e.code).inc()
-            self._spawn(self._dead_letter(model, item, str(e), e.code, request_id=e.request_id))
+            self._spawn(self.outcomes.dead_letter(model, item, str(e), e.code, request_id=e.request_id))
             return
         if item.count:  # a suspect (its worker died holding it): alone, one at a time (poison.py)
             self._lanes[model].put(item, count=item.count, key=item.key)
@@ -306,7 +260,7 @@ class QueueWorker:
         self._side.add(task)
         task.add_done_callback(self._side.discard)
 
-    async def _process(self, model: str, batch: list[_Item]) -> None:
+    async def _process(self, model: str, batch: list[Delivery]) -> None:
         mx = self.metrics.of(model)
         stale = [it for it in batch if not it.live]  # the broker already requeued these
         if stale:
@@ -318,7 +272,7 @@ class QueueWorker:
         expired = [it for it in batch if time.monotonic() - it.t0 >= self.config.lease_s]
         if expired:
             batch = [it for it in batch if it not in expired]
-            await asyncio.gather(*(self._hand_back(model, it, it.props.headers) for it in expired))
+            await asyncio.gather(*(self.outcomes.hand_back(model, it, it.props.headers) for it in expired))
         if not batch:
             return
         runner = self.runners[model]
@@ -333,12 +287,12 @@ class QueueWorker:
         except Exception as e:
             log.warning("batch of %d failed on %s: %r; retrying its requests", len(batch), model, e)
             reason = f"{type(e).__name__}: {e}"
-            await asyncio.gather(*(self._retry(model, it, reason=reason, code="failed") for it in batch))
+            await asyncio.gather(*(self.outcomes.retry(model, it, reason=reason, code="failed") for it in batch))
             return
         mx.forward.observe(time.monotonic() - t0)
-        await self._reply(model, batch, results)
+        await self.outcomes.reply(model, batch, results)
 
-    def _forward(self, fn: Any, batch: list[_Item], *args: Any) -> Any:
+    def _forward(self, fn: Any, batch: list[Delivery], *args: Any) -> Any:
         """In the model thread: name the batch's messages to the supervisor while they run (poison.py)."""
         reqs = [it.req for it in batch]
         self.crash_log.record([it.key for it in batch])
@@ -348,7 +302,7 @@ class QueueWorker:
         finally:
             self.crash_log.clear()
 
-    async def _generate(self, model: str, batch: list[_Item]) -> None:
+    async def _generate(self, model: str, batch: list[Delivery]) -> None:
         """LM: one segment of each generation, up to the end of the batch's lease (lease.py); an unfinished one
         is continued by a copy with the text so far (published, confirmed) before its delivery is acked."""
         mx = self.metrics.of(model)
@@ -370,122 +324,7 @@ class QueueWorker:
             else:
                 cont.append((it, text, ntok))
         if cont:
-            await asyncio.gather(*(self._hand_back(model, it, lease.continuation_headers(
+            await asyncio.gather(*(self.outcomes.hand_back(model, it, lease.continuation_headers(
                 it.props.headers, text=text, tokens=ntok)) for it, text, ntok in cont))
         if done:
-            await self._reply(model, [it for it, _ in done], [r for _, r in done])
-
-    async def _hand_back(self, model: str, item: _Item, headers: dict[str, Any] | None) -> None:
-        """Publish a copy (confirmed) to the urgent queue, then ack the delivery; unacked if the publish fails."""
-        props = item.props
-        try:
-            await self._publish(request_queues(model)[1], item.msg.body, model=model, headers=headers,
-                                correlation_id=props.correlation_id, reply_to=props.reply_to,
-                                message_id=props.message_id)
-        except CONNECTION_ERRORS as e:
-            log.debug("hand-back publish failed (%r); the broker redelivers the message", e)
-            return
-        self.metrics.lease_renewals.labels(model).inc()
-        self._finish(model, item)
-
-    async def _reply(self, model: str, batch: list[_Item], results: list[Any]) -> None:
-        mx = self.metrics.of(model)
-        # all responses in one frame write, then ack each request whose response the broker confirmed
-        replies = [(it, amqp.Outgoing(it.props.reply_to, m.ok_response(it.req.id, res),  # type: ignore[union-attr]
-                                      correlation_id=it.props.correlation_id))
-                   for it, res in zip(batch, results) if it.props.reply_to]
-        for it in batch:
-            if not it.props.reply_to:
-                self._finish(model, it)
-        if not replies:
-            return
-        try:
-            futs = await self._publish_batch([out for _, out in replies])
-        except CONNECTION_ERRORS as e:  # not acked: the broker redelivers them
-            log.debug("replies not published (%r)", e)
-            return
-        await asyncio.wait(futs, timeout=PUBLISH_TIMEOUT_S)
-        for (it, _), fut in zip(replies, futs):
-            if not fut.done():
-                fut.cancel()  # not confirmed in time: not acked, the broker redelivers it
-                continue
-            exc = fut.exception()
-            if exc is None:
-                self._finish(model, it)
-            elif isinstance(exc, aiormq.exceptions.PublishError):  # no such reply queue: the client is gone
-                mx.unroutable.inc()
-                self._finish(model, it)
-            else:
-                log.debug("reply for %s not confirmed (%r)", it.props.correlation_id, exc)
-
-    async def _publish_batch(self, msgs: list[amqp.Outgoing]) -> list[asyncio.Future[Any]]:
-        assert self.channel is not None
-        raw = await asyncio.wait_for(self.channel.get_underlay_channel(), PUBLISH_TIMEOUT_S)
-        return await amqp.publish_batch(raw, msgs)
-
-    async def _retry(self, model: str, item: _Item, *, reason: str, code: str) -> None:
-        """Republish with the retry count + 1, or dead-letter when retries are used up; then ack."""
-        props = item.props
-        retries = int((props.headers or {}).get(m.H_RETRIES, 0) or 0) + 1
-        if retries > self.config.max_retries:
-            await self._dead_letter(model, item, f"gave up after {retries - 1} retries; last: {reason}", code,
-                                    request_id=m.request_id_of(item.msg.body))
-            return
-        try:
-            await self._publish(item.queue or m.queue_name(model), item.msg.body, model=model,
-                                headers={**(props.headers or {}), m.H_RETRIES: retries},
-                                correlation_id=props.correlation_id, reply_to=props.reply_to,
-                                message_id=props.message_id)
-            self.metrics.of(model).retried.inc()
-            self._finish(model, item)
-        except CONNECTION_ERRORS as e:
-            log.debug("retry publish failed (%r); the broker redelivers the message", e)
-
-    async def _dead_letter(self, model: str, item: _Item, reason: str, code: str, *,
-                           request_id: str | None) -> None:
-        """Copy to genloom.<model>.dead with the reason in a header, answer reply_to, then ack the original."""
-        props = item.props
-        headers = {**(props.headers or {}), m.H_REASON: reason[:1000], m.H_ERROR_CODE: code,
-                   m.H_ORIGIN: m.queue_name(model)}
-        try:
-            await self._publish(m.dead_letter_queue(model), item.msg.body, headers=headers, model=model,
-                                correlation_id=props.correlation_id, reply_to=props.reply_to)
-            self.metrics.dead_lettered.labels(model, code).inc()
-            if props.reply_to:
-                await self._publish(props.reply_to, m.error_response(request_id, reason, code),
-                                    correlation_id=props.correlation_id, model=model)
-            self._finish(model, item)
-        except CONNECTION_ERRORS as e:
-            log.debug("dead-letter publish failed (%r); the broker redelivers the message", e)
-
-    async def _publish(self, routing_key: str, body: bytes, *, model: str, correlation_id: str | None = None,
-                       reply_to: str | None = None, headers: dict[str, Any] | None = None,
-                       message_id: str | None = None) -> None:
-        assert self.channel is not None
-        try:
-            await publish(self.channel, routing_key, body, correlation_id=correlation_id, reply_to=reply_to,
-                          headers=headers, timeout=PUBLISH_TIMEOUT_S, message_id=message_id)
-        except aiormq.exceptions.PublishError:  # no such queue: the client is gone; nobody to answer
-            self.metrics.of(model).unroutable.inc()
-
-    def _finish(self, model: str, item: _Item) -> None:
-        """Ack (batched by the item's ack window) unless its channel died (then the broker requeued it)."""
-        mx = self.metrics.of(model)
-        if item.live:
-            item.window.finish(item.tag)
-            mx.acked.inc()
-            mx.latency.observe(time.monotonic() - item.t0)
-        mx.in_flight.dec()
-        self.metrics.unacked_add(item.queue, -1)
-
-
-def _thread_setup(threads: int) -> None:
-    """Give the model thread the process's torch thread count. OpenMP's thread count is per thread: a thread
-    that never called ``torch.set_num_threads`` runs OpenMP regions on every core, and on a busy machine its
-    batch-1 forward passes took ~7.5 ms of CPU instead of ~0.1 ms (the loop thread's setting does not carry
-    over to the executor thread)."""
-    import sys
-
-    torch = sys.modules.get("torch")  # the numpy backend never imports torch
-    if torch is not None:
-        torch.set_num_threads(threads)
+            await self.outcomes.reply(model, [it for it, _ in done], [r for _, r in done])

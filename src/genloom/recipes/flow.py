@@ -20,7 +20,7 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, cast
+from typing import Any, Callable, Iterator, cast
 
 import torch
 
@@ -218,17 +218,7 @@ def build(args: argparse.Namespace, tcfg: TrainConfig) -> Built:
             "lr": tcfg.lr, "autoencoder": str(args.autoencoder) if args.autoencoder else "trained in this run",
             "autoencoder_seconds": round(stage1, 1)}
 
-    def after(path: Path, trainer: Trainer) -> dict[str, Any]:
-        total = time.monotonic() - t_start
-        info = export.read_header(path)
-        export.save(trainer.model, path, provenance={**info.provenance, "total_train_seconds": round(total, 1)})
-        with torch.no_grad():
-            imgs = trainer.model.eval().generate(len(labels) if labels is not None else 64,
-                                                 generator=torch.Generator().manual_seed(1234), labels=labels)
-        save_grid(imgs.float().numpy(), Path(trainer.out) / "samples" / "final.png",
-                  nrow=10 if labels is not None else None)
-        return {"autoencoder_seconds": round(stage1, 1), "total_train_seconds": round(total, 1)}
-
+    after = _finish(t_start, labels, {"autoencoder_seconds": round(stage1, 1)})
     return Built(model=model, train=train, val=None, provenance=prov, on_epoch_end=callbacks, after=after,
                  train_config=dit_cfg, on_step=on_step)
 
@@ -319,6 +309,16 @@ def build_distill(args: argparse.Namespace, tcfg: TrainConfig) -> Built:
             "teacher_guidance_interval": list(interval),
             "pair_seconds": round(stage1, 1), "batch_size": tcfg.batch_size, "lr": tcfg.lr}
 
+    return Built(model=student, train=PairBatches(pairs, tcfg.batch_size), val=None, provenance=prov,
+                 on_epoch_end=[sample_grid_callback(100 if labels is not None else 64, labels=labels)],
+                 after=_finish(t_start, labels, {"pair_seconds": round(stage1, 1)}), train_config=dit_cfg)
+
+
+def _finish(t_start: float, labels: torch.Tensor | None, summary: dict[str, Any]
+            ) -> Callable[[Path, Trainer], dict[str, Any]]:
+    """The recipe's ``after`` hook (both stages together, or a distillation): re-export with the run's total
+    time in the provenance and save the final sample grid; returns ``summary`` plus that total."""
+
     def after(path: Path, trainer: Trainer) -> dict[str, Any]:
         total = time.monotonic() - t_start
         info = export.read_header(path)
@@ -328,11 +328,9 @@ def build_distill(args: argparse.Namespace, tcfg: TrainConfig) -> Built:
                                                  generator=torch.Generator().manual_seed(1234), labels=labels)
         save_grid(imgs.float().numpy(), Path(trainer.out) / "samples" / "final.png",
                   nrow=10 if labels is not None else None)
-        return {"pair_seconds": round(stage1, 1), "total_train_seconds": round(total, 1)}
+        return {**summary, "total_train_seconds": round(total, 1)}
 
-    return Built(model=student, train=PairBatches(pairs, tcfg.batch_size), val=None, provenance=prov,
-                 on_epoch_end=[sample_grid_callback(100 if labels is not None else 64, labels=labels)],
-                 after=after, train_config=dit_cfg)
+    return after
 
 
 def _snapshotter(out: Path, every: float, t_start: float):

@@ -203,7 +203,15 @@ class _Sequences:
                 params["seed"] = (params["seed"] + k) % 2**63
             self.gens.append(svc.supervisor.stream(params, deadline=self.deadline, idle_s=idle,
                                                    info=self.infos[k]))
-        results = await asyncio.gather(*(_first(g) for g in self.gens), return_exceptions=True)
+        # one sequence (the common case): awaited in this task, so the request reaches the decode loop now, as
+        # /generate's does — not one event-loop turn later from a gather task, behind every request parsed meanwhile
+        if len(self.gens) == 1:
+            try:
+                results: list[Any] = [await _first(self.gens[0])]
+            except Exception as e:
+                results = [e]
+        else:
+            results = await asyncio.gather(*(_first(g) for g in self.gens), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             await self.close()
