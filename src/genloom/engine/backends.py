@@ -9,8 +9,8 @@ tests/test_engine_backends.py). None changes the model file: derived forms are b
 - ``bf16``    — weights and activations in bfloat16 (oneDNN uses AVX512-BF16 ``vdpbf16ps`` on this CPU), the
                 output nonlinearity in fp32. bf16 keeps 8 mantissa bits: relative error 2^-9 per rounding.
 - ``mixed``   — an MLP (``nn.Linear`` + activations) with the first layer and the output nonlinearity in fp32
-                and the later layers in bfloat16: weights pre-packed once for oneDNN (AMX/AVX512-BF16 kernels),
-                bias and activation fused into each matmul. The first layer is cheap (K = latent) and in fp32
+                (``addmm``) and the later layers in bfloat16: weights pre-packed once for oneDNN (AMX/AVX512-BF16
+                kernels), bias and activation fused into each of their matmuls. The first layer is cheap (K = latent) and in fp32
                 the input z keeps its 24 bits — rounding z to bf16 is the largest single error of ``bf16``
                 (measured: max |Δ| 2.2e-3 vs 5.4e-3 for ``bf16`` on the trained lecture-large decoder).
                 Other architectures raise (``auto`` then skips it).
