@@ -35,7 +35,7 @@ def measure(case: str, seconds: float, tmp: str) -> dict:
     from genloom.recipes import recipe
     from genloom.recipes.common import train_config
     from genloom.training import precision as prec
-    from genloom.training.probe import ProbeHooks
+    from genloom.training.probe import ProbeHooks, precision_plan
     from genloom.training.trainer import Trainer
 
     family, opts = CASES[case]
@@ -46,7 +46,7 @@ def measure(case: str, seconds: float, tmp: str) -> dict:
     built = rec.build(args, tcfg)
     tr = Trainer(built.model, tcfg, built.train, built.val)
     t0 = time.perf_counter()
-    auto = tr._precision_plan()  # the probe a run does at start-up (fresh cache: it really measures)
+    auto = precision_plan(tr)  # the probe a run does at start-up (fresh cache: it really measures)
     probe_s = time.perf_counter() - t0
     plans = {"fp32": prec.plan("fp32", tr.device), "auto": auto}
     batch = next(iter(tr.train_src.epoch(torch.Generator().manual_seed(1))))

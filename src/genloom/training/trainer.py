@@ -102,7 +102,7 @@ class Trainer:
         self._stop_reason: str | None = None
         self.resumed_from: Path | None = None  # the checkpoint this run continues (set by restore_trainer)
         # resume=True: OUT/checkpoints/last.pt; a path: that checkpoint file, or that run directory's last.pt
-        resume_step = self._resume(self._resume_path(resume)) if resume else None
+        resume_step = restore_trainer(self, self._resume_path(resume)) if resume else None
         self.log = MetricsLog(self.out / "metrics.jsonl", resume_step=resume_step, tensorboard=cfg.tensorboard) \
             if self.dist.is_main else NullLog()
         if self.dist.enabled:
@@ -154,13 +154,10 @@ class Trainer:
                                            time_budget=self.cfg.time_budget)
 
     # -- state ----------------------------------------------------------------------------------------------
-    def _state(self) -> dict[str, Any]:
-        return trainer_state(self)
-
     def save_checkpoint(self, name: str = "last.pt") -> Path:
         path = self.ckpt_dir / name
         if self.dist.is_main:  # rank 0 alone writes; every rank holds the same state
-            save_checkpoint(path, self._state())
+            save_checkpoint(path, trainer_state(self))
         return path
 
     def _resume_path(self, resume: bool | str | Path) -> Path:
@@ -168,9 +165,6 @@ class Trainer:
             return self.ckpt_dir / "last.pt"
         p = Path(resume)
         return p / "checkpoints" / "last.pt" if p.is_dir() else p
-
-    def _resume(self, path: Path) -> int:
-        return restore_trainer(self, path)
 
     # -- validation -----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -199,7 +193,7 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float64) * out.n
         self.model.row_shard = None
         self.model.train()
-        tot, n, sums = self._sum_over_ranks(tot, n, sums)
+        tot, n, sums = dd.sum_over_ranks(tot, n, sums, self.dist)
         val = tot / max(n, 1)
         self.last_val = val
         self._last_val_step = self.step
@@ -215,9 +209,6 @@ class Trainer:
                 self.request_stop(f"early stopping: no improvement for {self.bad_validations} validations "
                                   f"(best {self.best_val:.4f} at step {self.best_step})")
         return val
-
-    def _sum_over_ranks(self, tot: Any, n: float, sums: dict[str, Any]) -> tuple[float, float, dict[str, float]]:
-        return dd.sum_over_ranks(tot, n, sums, self.dist)
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def _set_lr(self, t0: float) -> float:
@@ -279,7 +270,7 @@ class Trainer:
         return path
 
     def _loop(self) -> None:
-        self.plan = self._precision_plan()
+        self.plan = precision_plan(self)
         self.provenance.update(precision=self.plan.precision, device=str(self.device.type),
                                world_size=self.dist.world)
         if self.plan.grad_scaler:
@@ -293,12 +284,6 @@ class Trainer:
         finally:
             if compiled:
                 del self.model.loss  # back to the class's method
-
-    def _precision_plan(self) -> prec.Plan:
-        return precision_plan(self)
-
-    def _reduce_train(self, out: LossOutput) -> tuple[float, dict[str, float]]:
-        return dd.reduce_loss_output(out, self.dist)
 
     def _train_until_done(self) -> None:
         self.model.train()
@@ -334,7 +319,7 @@ class Trainer:
                             self._local_stop(dd.FLAG_NONFINITE, f"loss is {loss} at step {self.step}: lower --lr "
                                                                 f"or set --grad-clip")
                     if log_now:
-                        loss, metrics = self._reduce_train(out)
+                        loss, metrics = dd.reduce_loss_output(out, self.dist)
                         now = time.monotonic()
                         rate = samples_seen * self.dist.world / max(now - t_rate, 1e-9)
                         samples_seen, t_rate = 0, now
