@@ -34,16 +34,42 @@ def test_engine_samples_by_seed_with_steps_and_guidance(flow_file):
     assert not np.array_equal(a, eng.sample(4, seed=3, steps=1))
     assert not np.array_equal(a, eng.sample(4, seed=3, guidance=3.0))
     assert not np.array_equal(a, eng.sample(4, seed=3, labels=[7]))
-    # the engine's images are the model's, from the engine's noise
+    # the engine's images are the model's, from the engine's noise: exactly with backend="exact", the same 8-bit
+    # picture within one grey level with the decoder on the backend auto chose
     model = export.load(flow_file)
     z = torch.from_numpy(np.random.default_rng(3).standard_normal((4, 98), dtype=np.float32)).reshape(4, 2, 7, 7)
     with torch.no_grad():
         want = model.decode(model.sample_latents(z, labels=torch.arange(4) % 10)).numpy().reshape(4, 28, 28)
-    assert np.allclose(a, want, atol=1e-6)
+    assert np.allclose(load(flow_file, backend="exact").sample(4, seed=3), want, atol=1e-6)
+    assert np.abs(np.rint(a * 255) - np.rint(want * 255)).max() <= 1, eng.backend
+
+
+@pytest.mark.parametrize("backend", ["onnx", "bf16"])
+def test_the_decoder_runs_on_the_image_backends(flow_file, backend):
+    """The DiT stays fp32 eager; the decoder is a feed-forward image net like the GAN generator, so every image
+    backend runs it (and ``auto`` chooses among them): the pictures stay those of fp32 within a grey level."""
+    exact = load(flow_file, backend="exact")
+    eng = load(flow_file, backend=backend)
+    assert eng.backend == backend and exact.backend == "eager"
+    z = np.random.default_rng(0).standard_normal((16, 98), dtype=np.float32)
+    want, got = exact.decode_latents(z), eng.decode_latents(z)
+    assert got.shape == (16, 28, 28) and 0 <= got.min() and got.max() <= 1
+    assert np.abs(np.rint(got * 255) - np.rint(want * 255)).max() <= 1
+    assert np.abs(np.rint(eng.sample(3, seed=2) * 255) - np.rint(exact.sample(3, seed=2) * 255)).max() <= 1
+
+
+def test_auto_measures_the_decoder_backends_and_reports_them(flow_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("GENLOOM_ENGINE_CACHE", str(tmp_path))
+    eng = load(flow_file)
+    assert eng.auto is not None and eng.auto["backend"] == eng.backend and not eng.auto["cached"]
+    assert set(eng.auto["grey_levels"]) | set(eng.auto["skipped"]) >= {"mixed", "bf16", "int8", "onnx"}
+    assert "mixed" in eng.auto["skipped"]  # an MLP-only backend: the conv decoder is skipped, not an error
+    again = load(flow_file)
+    assert again.backend == eng.backend and again.auto["cached"]
 
 
 def test_engine_trajectory_ends_at_the_sample(flow_file):
-    eng = load(flow_file)
+    eng = load(flow_file, backend="exact")  # one decoder batch for the whole path vs one for the sample
     tr = eng.trajectory(2, seed=5, steps=4, labels=[1, 2])
     assert tr["t"][0] == 1.0 and len(tr["t"]) == 4
     assert tr["states"].shape == tr["predictions"].shape == (4, 2, 28, 28)

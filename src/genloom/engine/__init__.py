@@ -47,7 +47,7 @@ def load(path: str | Path, *, threads: int | None = None, backend: str = "auto",
     a CPU the backend decides ("auto" keeps only backends whose 8-bit images agree with fp32 within one grey
     level), fp32 elsewhere; "fp32": exact fp32 ("auto" becomes "exact"); "bf16": the "bf16" backend for a VAE or
     GAN on a CPU, else the model cast to bfloat16 (the LM's KV cache follows); "fp16": the same in float16, on a
-    GPU (cuda, mps) only. The flow model runs in fp32 only.
+    GPU (cuda, mps) only. The flow model's DiT runs in fp32 (an ODE loop); its decoder on the image backends.
     """
     from genloom.engine.base import BACKENDS, InputError
     from genloom.options import PRECISIONS
@@ -103,14 +103,14 @@ def load(path: str | Path, *, threads: int | None = None, backend: str = "auto",
         if backend not in ("auto", "exact", "eager"):
             raise InputError(f"backend {backend!r} is for image models; the LM runs fp32 eager (KV cache)")
         return LMEngine(model, header)
-    if header.kind == "flow":
-        from genloom.engine.flow import FlowEngine
-
-        return FlowEngine(model, header, backend="eager" if backend == "exact" else backend, threads=threads)
     key = None
     if backend == "auto":
         from genloom.engine.autotune import cache_key
 
         key = cache_key(header.path, header.kind)
+    if header.kind == "flow":
+        from genloom.engine.flow import FlowEngine
+
+        return FlowEngine(model, header, backend=backend, threads=threads, cache_key=key)
     cls = VAEEngine if header.kind == "vae" else GANEngine
     return cls(model, header, backend=backend, threads=threads, cache_key=key)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from genloom.engine import autotune, backends
 from genloom.engine.base import (IMAGE_HW, Engine, InputError, check_labels, check_n, check_request, check_seed,
                                  noise)
 from genloom.export import ModelFile
@@ -28,22 +29,48 @@ def _sampling(p: dict[str, Any], sampler: Any, config: Any) -> tuple[int, float,
     return steps, guidance, str(sampler)
 
 
+class _Denormalize(nn.Module):
+    """Flat normalised latents (n, C·H·W) → the decoder's input (n, C, H, W): z·std + mean per channel."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.shape = shape
+        self.register_buffer("mean", mean.detach().float().reshape(-1, 1, 1).clone())
+        self.register_buffer("std", std.detach().float().reshape(-1, 1, 1).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, *self.shape) * self.std + self.mean
+
+
+def image_decoder(model: nn.Module) -> nn.Sequential:
+    """``FlowModel.decode`` as one feed-forward module of a flat float input, ending in Sigmoid:
+    (n, C·7·7) normalised latents → (n, 784) in [0, 1], so the image backends and ``auto`` can run it."""
+    c = model.config
+    net: nn.Sequential = model.decoder.net
+    return nn.Sequential(_Denormalize(model.latent_mean, model.latent_std, tuple(c.latent_shape)),
+                         *net, nn.Flatten(1), nn.Sigmoid()).eval()
+
+
 class FlowEngine(Engine):
+    """The DiT runs fp32 eager (an ODE loop: its errors would compound over the steps); the decoder, a plain
+    conv net, runs on the image backends like the GAN generator — ``auto`` picks the fastest whose 8-bit
+    pictures agree with fp32 within one grey level (``engine/autotune.py``)."""
+
     kind: ClassVar[str] = "flow"
     max_batch: int = 64
 
     def __init__(self, model: nn.Module, header: ModelFile, *, backend: str = "eager",
-                 threads: int | None = None) -> None:
-        if backend not in ("auto", "eager"):
-            raise InputError(f"backend {backend!r}: the flow model runs eager (an ODE loop over the DiT)")
+                 threads: int | None = None, cache_key: str | None = None) -> None:
         self.model = model.eval()
         self.header = header
-        self.backend = "eager"
         self.config = c = model.config
         self.num_classes = int(c.num_classes)
         self.latent_shape = tuple(c.latent_shape)
         # not ``latent``: the batch runner would decode noise directly; a flow sample is an ODE solve per request
         self.latent_dim = int(np.prod(self.latent_shape))
+        self.decoder = image_decoder(model)
+        self.backend, self._decode, self.auto = autotune.select(
+            backend, self.decoder, self.latent_dim, threads=threads, cache_key=cache_key)
 
     def describe(self) -> dict[str, Any]:
         c = self.config
@@ -73,7 +100,7 @@ class FlowEngine(Engine):
         z1 = self._noise(seed, n)
         with torch.inference_mode():
             z0 = self.model.sample_latents(z1, labels=y, steps=steps, guidance=guidance, sampler=sampler)
-            return self._images(self.model.decode(z0))
+        return self._images(z0)
 
     def trajectory(self, n: int = 1, *, seed: int | None = None, labels: Sequence[int] | None = None,
                    steps: int | None = None, guidance: float | None = None, sampler: str | None = None
@@ -95,8 +122,8 @@ class FlowEngine(Engine):
         with torch.inference_mode():
             z0 = self.model.sample_latents(z1, labels=y, steps=steps, guidance=guidance, sampler=sampler,
                                            on_step=on_step)
-            dec = self.model.decode(torch.cat([*states, *preds, z0]))  # one decoder batch for all of it
-        imgs = self._images(dec).reshape(2 * steps + 1, n, *IMAGE_HW)
+        imgs = self._images(torch.cat([*states, *preds, z0]))  # one decoder batch for all of it
+        imgs = imgs.reshape(2 * steps + 1, n, *IMAGE_HW)
         return {"t": ts, "states": imgs[:steps], "predictions": imgs[steps:2 * steps], "images": imgs[-1],
                 "network_evaluations": network_evaluations(steps, sampler)}
 
@@ -119,9 +146,11 @@ class FlowEngine(Engine):
             raise InputError("z", f"must be finite with shape (n, {d}) or (n, {', '.join(map(str, self.latent_shape))})")
         t = torch.from_numpy(arr.reshape(-1, *self.latent_shape))
         check_n(len(t), field="len(z)")
-        with torch.inference_mode():
-            return self._images(self.model.decode(t))
+        return self._images(t)
 
-    @staticmethod
-    def _images(x: torch.Tensor) -> np.ndarray:
-        return np.clip(x.float().numpy(), 0.0, 1.0).reshape(len(x), *IMAGE_HW)  # (n, 28, 28)
+    def _images(self, z: torch.Tensor) -> np.ndarray:
+        """Normalised latents (n, C, 7, 7) → images (n, 28, 28) in [0, 1] through the decoder's backend."""
+        out = self._decode(np.ascontiguousarray(z.float().reshape(len(z), -1).numpy()))
+        if self.backend not in backends.SIGMOID_IN_RANGE:
+            out = np.clip(out, 0.0, 1.0, out=out)
+        return out.reshape(len(z), *IMAGE_HW)  # (n, 28, 28)
