@@ -46,7 +46,8 @@ def image_decoder(model: nn.Module) -> nn.Sequential:
     """``FlowModel.decode`` as one feed-forward module of a flat float input, ending in Sigmoid:
     (n, C·7·7) normalised latents → (n, 784) in [0, 1], so the image backends and ``auto`` can run it."""
     c = model.config
-    net: nn.Sequential = model.decoder.net
+    net = model.decoder.net
+    assert isinstance(net, nn.Sequential)  # for the type checker: models/autoencoder.py's Decoder.net
     return nn.Sequential(_Denormalize(model.latent_mean, model.latent_std, tuple(c.latent_shape)),
                          *net, nn.Flatten(1), nn.Sigmoid()).eval()
 
