@@ -6,7 +6,7 @@ batch it is part of. Images are float32 (n, 28, 28) in [0, 1].
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence, cast
 
 import numpy as np
 import torch
@@ -46,8 +46,7 @@ def image_decoder(model: nn.Module) -> nn.Sequential:
     """``FlowModel.decode`` as one feed-forward module of a flat float input, ending in Sigmoid:
     (n, C·7·7) normalised latents → (n, 784) in [0, 1], so the image backends and ``auto`` can run it."""
     c = model.config
-    net = model.decoder.net
-    assert isinstance(net, nn.Sequential)  # for the type checker: models/autoencoder.py's Decoder.net
+    net = cast(nn.Sequential, model.decoder.net)  # models/autoencoder.py's Decoder
     return nn.Sequential(_Denormalize(model.latent_mean, model.latent_std, tuple(c.latent_shape)),
                          *net, nn.Flatten(1), nn.Sigmoid()).eval()
 
