@@ -48,4 +48,5 @@ def test_flow_row_is_timed_against_the_default_gan(tmp_path) -> None:
     by = {r.variant: r for r in rows}
     assert by["gan"].ratio == 1.0 and "flow heun 4 (8 NFE)" in by and "flow euler 1 (1 NFE)" in by
     assert "reflow student euler 1 (1 NFE, n rows)" in by
+    assert any(k.startswith("preset fast (DiT 4×64") for k in by)
     assert all(r.p50_ms > 0 and r.unit == "samples/s" for r in rows)

@@ -336,3 +336,4 @@ def test_train_flow_runs_both_stages_and_exports_one_file(tmp_path, idx_dir):
     imgs = m.generate(3, generator=torch.Generator().manual_seed(0), labels=torch.tensor([0, 1, 2]))
     assert imgs.shape == (3, 1, 28, 28) and 0 <= float(imgs.min()) and float(imgs.max()) <= 1
     assert (tmp_path / "run" / "samples" / "final.png").is_file()
+    assert not list((tmp_path / "run").rglob("events.out.tfevents*"))  # --no-tensorboard reaches both stages

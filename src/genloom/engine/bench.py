@@ -293,6 +293,7 @@ def bench_flow(tmp: str, *, runs: int, repeats: int, n: int = 64) -> list[Row]:
     from genloom.engine import load
     from genloom.engine.flow import FlowEngine
     from genloom.models.flow import FlowConfig, FlowModel, network_evaluations
+    from genloom.recipes.flow import PRESETS as FLOW_PRESETS
     from genloom.recipes.gan import DEFAULT_LOSS, LOSS_DEFAULTS
 
     torch.manual_seed(0)
@@ -305,7 +306,12 @@ def bench_flow(tmp: str, *, runs: int, repeats: int, n: int = 64) -> list[Row]:
     student = load(export.save(FlowModel(dataclasses.replace(cfg, sampler="euler", sample_steps=2, guidance=1.0,
                                                              distill_guidance=cfg.guidance)),
                                os.path.join(tmp, "flow-student.safetensors")), device=str(DEVICE))
-    assert isinstance(flow, FlowEngine) and isinstance(student, FlowEngine)
+    # the same for ``genloom train flow --preset fast`` (a smaller DiT and decoder), 1 step
+    fast = FLOW_PRESETS["fast"]
+    fast_student = load(export.save(FlowModel(dataclasses.replace(
+        cfg, dim=fast["dim"], ae_dim=fast["ae_dim"], sampler="euler", sample_steps=1, guidance=1.0,
+        distill_guidance=cfg.guidance)), os.path.join(tmp, "flow-fast-student.safetensors")), device=str(DEVICE))
+    assert isinstance(flow, FlowEngine) and isinstance(student, FlowEngine) and isinstance(fast_student, FlowEngine)
     variants: dict[str, Callable[[], Any]] = {"gan": lambda: gan.sample(n, seed=0)}
     settings = [(cfg.sampler, cfg.sample_steps), ("heun", 2), ("euler", 4), ("euler", 1)]  # default first
     for sampler, steps in settings:
@@ -320,6 +326,8 @@ def bench_flow(tmp: str, *, runs: int, repeats: int, n: int = 64) -> list[Row]:
             return student.sample(n, seed=0, steps=k)
 
         variants[f"reflow student euler {steps} ({steps} NFE, n rows)"] = scall
+    variants[f"preset fast (DiT {cfg.depth}×{fast['dim']}, decoder width {fast['ae_dim']}): reflow student euler 1 "
+             "(1 NFE)"] = lambda: fast_student.sample(n, seed=0)
     return timed_rows(f"{n} images: flow (DiT {cfg.depth}×{cfg.dim}) vs the default GAN", variants, runs=runs,
                       repeats=repeats, items=n, unit="samples/s", warmup=1, chunk=1, baseline="gan")
 
