@@ -153,12 +153,18 @@ def train_autoencoder(args: argparse.Namespace, tcfg: TrainConfig, splits, budge
     return cast(Autoencoder, export.load(path))
 
 
-def load_autoencoder(path: Path) -> Autoencoder:
+def _load_kind(path: Path, kind: str, flag: str, what: str) -> Any:
+    """The model in ``path`` if its kind is ``kind``, else an error naming the flag and the file to pass."""
     info = export.read_header(path)
-    if info.kind != "autoencoder":
-        raise GenloomError(f"{path}: is a {info.kind!r} model, not an autoencoder; pass "
-                           f"OUT/autoencoder/model.safetensors of an earlier `genloom train flow` run")
-    return cast(Autoencoder, export.load(path))
+    if info.kind != kind:
+        raise GenloomError(f"{flag}{path}: is a {info.kind!r} model, not {what}; pass "
+                           f"{'OUT/autoencoder' if kind == 'autoencoder' else 'OUT'}/model.safetensors of an "
+                           f"earlier `genloom train flow` run")
+    return export.load(path)
+
+
+def load_autoencoder(path: Path) -> Autoencoder:
+    return cast(Autoencoder, _load_kind(path, "autoencoder", "", "an autoencoder"))
 
 
 @torch.inference_mode()
@@ -244,11 +250,7 @@ class PairBatches:
 
 
 def load_teacher(path: Path) -> FlowModel:
-    info = export.read_header(path)
-    if info.kind != "flow":
-        raise GenloomError(f"--teacher {path}: is a {info.kind!r} model, not a flow model; pass "
-                           f"OUT/model.safetensors of an earlier `genloom train flow` run")
-    return cast(FlowModel, export.load(path))
+    return cast(FlowModel, _load_kind(path, "flow", "--teacher ", "a flow model"))
 
 
 def _interval(text: str) -> tuple[float, float]:
