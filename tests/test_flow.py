@@ -333,3 +333,18 @@ def test_train_flow_runs_both_stages_and_exports_one_file(tmp_path, idx_dir):
     assert imgs.shape == (3, 1, 28, 28) and 0 <= float(imgs.min()) and float(imgs.max()) <= 1
     assert (tmp_path / "run" / "samples" / "final.png").is_file()
     assert not list((tmp_path / "run").rglob("events.out.tfevents*"))  # --no-tensorboard reaches both stages
+
+
+def test_a_file_of_the_wrong_kind_is_named_with_the_file_to_pass(tmp_path, capsys):
+    """--teacher takes a flow file and --autoencoder an autoencoder file: anything else is one line, exit 2."""
+    from genloom.cli import main
+
+    ae = export.save(Autoencoder(AutoencoderConfig(channels=2, dim=8)), tmp_path / "ae.safetensors")
+    assert main(["train", "flow", "--teacher", str(ae), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--teacher" in err and "'autoencoder' model, not a flow model" in err and "OUT/model.safetensors" in err
+    flow = export.save(FlowModel(FlowConfig(ae_channels=2, ae_dim=8, dim=16, depth=1, heads=2)),
+                       tmp_path / "flow.safetensors")
+    assert main(["train", "flow", "--autoencoder", str(flow), "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert "'flow' model, not an autoencoder" in err and "OUT/autoencoder/model.safetensors" in err
