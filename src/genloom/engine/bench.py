@@ -14,8 +14,8 @@ PyTorch script does (the flow row's baseline is the GAN). ``ratio`` = variant p5
 ``device`` (``genloom bench --device``): where every row runs. Off the CPU only the ``eager`` backend is timed (the
 others are CPU backends) and every call ends with a device synchronisation. ``precision``: ``auto`` times the
 backends asked for; ``fp32`` only the fp32 ones (eager, compile, onnx, numpy); ``bf16`` / ``fp16`` the model in
-that type (on a CPU: the ``bf16`` backend; elsewhere eager on the cast model). The LM, training and flow rows
-run in fp32 whatever the precision.
+that type (on a CPU: the ``bf16`` backend; elsewhere eager on the cast model). The LM and training rows run in
+fp32 whatever the precision; the flow rows' DiT too, their decoder on the backend ``auto`` chooses.
 """
 from __future__ import annotations
 
