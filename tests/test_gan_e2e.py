@@ -72,6 +72,16 @@ def test_export_load_sample_same_seed_identical_and_eval(tmp_path, capsys) -> No
     res = json.loads(capsys.readouterr().out)
     assert res["fid_samples"] == 300 and res["fid"] > 0
     assert main(["eval", str(model), "--fid-samples", "1"]) == 2  # bad input: one line, exit 2
+    # past one sample request's limit (1024): the FID's samples are still the engine's sample(n, seed)
+    from genloom.cli.eval import engine_samples
+    from genloom.core.requests import DEFAULT_LIMITS
+
+    eng = load(model)
+    big = engine_samples(eng, DEFAULT_LIMITS.max_n + 100, seed=0, chunk=500)
+    assert big.shape == (DEFAULT_LIMITS.max_n + 100, 28, 28)
+    np.testing.assert_array_equal(big[:DEFAULT_LIMITS.max_n], eng.sample(DEFAULT_LIMITS.max_n, seed=0))
+    assert main(["eval", str(model), "--fid-samples", str(DEFAULT_LIMITS.max_n + 100), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["fid_samples"] == DEFAULT_LIMITS.max_n + 100
 
 
 def test_resume_carries_ema_and_matches_uninterrupted(tmp_path, capsys) -> None:

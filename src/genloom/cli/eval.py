@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from genloom import export
@@ -98,10 +99,22 @@ def _dataset(args: argparse.Namespace, header: ModelFile) -> str:
     return getattr(args, "dataset", None) or header.provenance.get("dataset") or "fashion-mnist"
 
 
+def engine_samples(engine: Any, n: int, seed: int, *, chunk: int = 1024) -> np.ndarray:
+    """``engine.sample(n, seed=seed)`` for any n: (n, 28, 28) float32 in [0, 1] — the same noise draw and class
+    cycle as ``sample`` (``engine/base.py`` ``sample_inputs``), decoded ``chunk`` rows at a time."""
+    from genloom.engine.base import check_labels, check_seed, noise
+
+    z = noise(check_seed(seed), n, int(engine.latent))
+    y = check_labels(None, n, engine.num_classes)  # a conditional model cycles the classes
+    return np.concatenate([engine.decode(z[i:i + chunk], labels=None if y is None else y[i:i + chunk])
+                           for i in range(0, n, chunk)])
+
+
 def fid_result(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]:
     """{"fid", "fid_samples", "fid_classifier"} for the model file against the test split of its dataset. The
-    samples are the engine's (``load(path).sample(n, seed=seed)``): the images ``genloom sample -n N --seed S``
-    writes, from the one noise source every path uses."""
+    samples are the engine's: ``load(path).sample(n, seed=seed)`` — the images ``genloom sample -n N --seed S``
+    writes, from the one noise source every path uses — drawn as one noise array and decoded in chunks, since
+    10,000 is past one sample request's limit (``core/requests.py`` max_n)."""
     from genloom.data.images import load_images
     from genloom.engine import load
     from genloom.engine.base import MAX_N
@@ -115,8 +128,8 @@ def fid_result(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]:
     cpath = find_classifier(getattr(args, "classifier", None), dataset=dataset)
     classifier = load_classifier(cpath, dataset=dataset)
     test = load_images(dataset, getattr(args, "data", None)).test
-    images = load(header.path, device=getattr(args, "device", "cpu"), precision=getattr(args, "precision", "auto")
-                  ).sample(n, seed=getattr(args, "seed", 0))  # (n, 28, 28) float32 in [0, 1]
+    images = engine_samples(load(header.path, device=getattr(args, "device", "cpu"),
+                                 precision=getattr(args, "precision", "auto")), n, getattr(args, "seed", 0))
     with torch.inference_mode():
         mu_g, s_g = feature_stats(features(classifier, torch.from_numpy(images)))
     value = frechet_distance(*real_stats(cpath, classifier, test.images), mu_g, s_g)
