@@ -348,3 +348,14 @@ def test_a_file_of_the_wrong_kind_is_named_with_the_file_to_pass(tmp_path, capsy
     assert main(["train", "flow", "--autoencoder", str(flow), "--out", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err
     assert "'flow' model, not an autoencoder" in err and "OUT/autoencoder/model.safetensors" in err
+
+
+def test_preset_fast_trains_the_small_patch_4_model(tmp_path, idx_dir):
+    """--preset fast: the architecture its sampling speed was measured on (docs/benchmarks.md)."""
+    import genloom
+
+    out = genloom.train("flow", preset="fast", out=tmp_path / "run", data=idx_dir, subset=128, ae_epochs=1,
+                        steps=2, time_budget=4, batch_size=32, threads=1, precision="fp32", no_tensorboard=True,
+                        no_progress=True)
+    c = export.load(out["model"]).config
+    assert (c.dim, c.depth, c.patch, c.ae_dim) == (64, 4, 4, 16)

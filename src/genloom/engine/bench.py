@@ -309,7 +309,7 @@ def bench_flow(tmp: str, *, runs: int, repeats: int, n: int = 64) -> list[Row]:
     # the same for ``genloom train flow --preset fast`` (a smaller DiT and decoder), 1 step
     fast = FLOW_PRESETS["fast"]
     fast_student = load(export.save(FlowModel(dataclasses.replace(
-        cfg, dim=fast["dim"], ae_dim=fast["ae_dim"], sampler="euler", sample_steps=1, guidance=1.0,
+        cfg, dim=fast["dim"], ae_dim=fast["ae_dim"], patch=fast["patch"], sampler="euler", sample_steps=1, guidance=1.0,
         distill_guidance=cfg.guidance)), os.path.join(tmp, "flow-fast-student.safetensors")), device=str(DEVICE))
     assert isinstance(flow, FlowEngine) and isinstance(student, FlowEngine) and isinstance(fast_student, FlowEngine)
     variants: dict[str, Callable[[], Any]] = {"gan": lambda: gan.sample(n, seed=0)}
@@ -326,8 +326,8 @@ def bench_flow(tmp: str, *, runs: int, repeats: int, n: int = 64) -> list[Row]:
             return student.sample(n, seed=0, steps=k)
 
         variants[f"reflow student euler {steps} ({steps} NFE, n rows)"] = scall
-    variants[f"preset fast (DiT {cfg.depth}×{fast['dim']}, decoder width {fast['ae_dim']}): reflow student euler 1 "
-             "(1 NFE)"] = lambda: fast_student.sample(n, seed=0)
+    variants[f"preset fast (DiT {cfg.depth}×{fast['dim']}, patch {fast['patch']}, decoder width {fast['ae_dim']}): "
+             "reflow student euler 1 (1 NFE)"] = lambda: fast_student.sample(n, seed=0)
     return timed_rows(f"{n} images: flow (DiT {cfg.depth}×{cfg.dim}) vs the default GAN", variants, runs=runs,
                       repeats=repeats, items=n, unit="samples/s", warmup=1, chunk=1, baseline="gan")
 
