@@ -101,11 +101,10 @@ def _dataset(args: argparse.Namespace, header: ModelFile) -> str:
 
 def engine_samples(engine: Any, n: int, seed: int, *, chunk: int = 1024) -> np.ndarray:
     """``engine.sample(n, seed=seed)`` for any n: (n, 28, 28) float32 in [0, 1] — the same noise draw and class
-    cycle as ``sample`` (``engine/base.py`` ``sample_inputs``), decoded ``chunk`` rows at a time."""
-    from genloom.engine.base import check_labels, check_seed, noise
+    cycle (``engine/base.py`` ``prior_inputs``), decoded ``chunk`` rows at a time."""
+    from genloom.engine.base import prior_inputs
 
-    z = noise(check_seed(seed), n, int(engine.latent))
-    y = check_labels(None, n, engine.num_classes)  # a conditional model cycles the classes
+    z, y = prior_inputs(engine, n, seed)
     return np.concatenate([engine.decode(z[i:i + chunk], labels=None if y is None else y[i:i + chunk])
                            for i in range(0, n, chunk)])
 

@@ -215,6 +215,11 @@ def build(name: str, module: nn.Module, example: np.ndarray, *, threads: int | N
 # (onnxruntime's Sigmoid is a polynomial approximation: its outputs are clipped)
 SIGMOID_IN_RANGE = ("eager", "compile", "mixed", "bf16", "int8")
 
+
+def in_range(out: np.ndarray, backend: str) -> np.ndarray:
+    """An image runner's output clipped to [0, 1] in place, unless its last op (torch's sigmoid) keeps it there."""
+    return out if backend in SIGMOID_IN_RANGE else np.clip(out, 0.0, 1.0, out=out)
+
 # fp32 backends: within 1e-4 of eager and a row's output independent of its batch-mates ("exact" = eager)
 EXACT = ("eager", "compile", "onnx", "numpy")
 

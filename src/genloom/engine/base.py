@@ -38,8 +38,13 @@ def sample_inputs(engine: Any, n: Any, seed: Any, labels: Any) -> tuple[np.ndarr
     """``sample(n, seed=, labels=)`` of any image engine: validated, then z ~ N(0, I) from the seed (numpy
     PCG64, ``noise``) and the (n,) labels (None for an unconditional model) — the one noise source."""
     p = check_request(engine, "sample", n=n, seed=seed, labels=labels)
-    n = p["n"]
-    return noise(check_seed(p["seed"]), n, int(engine.latent)), check_labels(p["labels"], n, engine.num_classes)
+    return prior_inputs(engine, p["n"], p["seed"], p["labels"])
+
+
+def prior_inputs(engine: Any, n: int, seed: Any, labels: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """z ~ N(0, I) (n, latent) from the seed and the (n,) labels (a conditional model without labels cycles the
+    classes), without a request's limit on n: what ``sample`` decodes, for callers that decode in chunks."""
+    return noise(check_seed(seed), n, int(engine.latent)), check_labels(labels, n, engine.num_classes)
 
 
 def check_n(n: Any, *, field: str = "n", max_n: int = MAX_N) -> int:

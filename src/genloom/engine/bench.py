@@ -303,14 +303,14 @@ def bench_flow(tmp: str, *, runs: int, repeats: int, n: int = 64) -> list[Row]:
     flow = load(export.save(FlowModel(cfg), os.path.join(tmp, "flow-default.safetensors")), device=str(DEVICE))
     # a reflow student (``genloom train flow --teacher``): same network, Euler, guidance in its conditional
     # velocity (w = 1: one batch of n rows per step instead of 2n)
-    student = load(export.save(FlowModel(dataclasses.replace(cfg, sampler="euler", sample_steps=2, guidance=1.0,
-                                                             distill_guidance=cfg.guidance)),
-                               os.path.join(tmp, "flow-student.safetensors")), device=str(DEVICE))
-    # the same for ``genloom train flow --preset fast`` (a smaller DiT and decoder), 1 step
-    fast = FLOW_PRESETS["fast"]
-    fast_student = load(export.save(FlowModel(dataclasses.replace(
-        cfg, dim=fast["dim"], ae_dim=fast["ae_dim"], patch=fast["patch"], sampler="euler", sample_steps=1, guidance=1.0,
-        distill_guidance=cfg.guidance)), os.path.join(tmp, "flow-fast-student.safetensors")), device=str(DEVICE))
+    def student_of(name: str, **arch: Any) -> Any:
+        c = dataclasses.replace(cfg, **arch, sampler="euler", guidance=1.0, distill_guidance=cfg.guidance)
+        return load(export.save(FlowModel(c), os.path.join(tmp, f"{name}.safetensors")), device=str(DEVICE))
+
+    student = student_of("flow-student", sample_steps=2)
+    fast = FLOW_PRESETS["fast"]  # ``genloom train flow --preset fast``: a smaller DiT and decoder, 1 step
+    fast_student = student_of("flow-fast-student", sample_steps=1, dim=fast["dim"], ae_dim=fast["ae_dim"],
+                              patch=fast["patch"])
     assert isinstance(flow, FlowEngine) and isinstance(student, FlowEngine) and isinstance(fast_student, FlowEngine)
     variants: dict[str, Callable[[], Any]] = {"gan": lambda: gan.sample(n, seed=0)}
     settings = [(cfg.sampler, cfg.sample_steps), ("heun", 2), ("euler", 4), ("euler", 1)]  # default first

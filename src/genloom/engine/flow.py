@@ -35,8 +35,8 @@ class _Denormalize(nn.Module):
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, shape: tuple[int, ...]) -> None:
         super().__init__()
         self.shape = shape
-        self.register_buffer("mean", mean.detach().float().reshape(-1, 1, 1).clone())
-        self.register_buffer("std", std.detach().float().reshape(-1, 1, 1).clone())
+        self.register_buffer("mean", mean.detach().float().reshape(-1, 1, 1))
+        self.register_buffer("std", std.detach().float().reshape(-1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(-1, *self.shape) * self.std + self.mean
@@ -151,6 +151,4 @@ class FlowEngine(Engine):
     def _images(self, z: torch.Tensor) -> np.ndarray:
         """Normalised latents (n, C, 7, 7) → images (n, 28, 28) in [0, 1] through the decoder's backend."""
         out = self._decode(np.ascontiguousarray(z.float().reshape(len(z), -1).numpy()))
-        if self.backend not in backends.SIGMOID_IN_RANGE:
-            out = np.clip(out, 0.0, 1.0, out=out)
-        return out.reshape(len(z), *IMAGE_HW)  # (n, 28, 28)
+        return backends.in_range(out, self.backend).reshape(len(z), *IMAGE_HW)  # (n, 28, 28)

@@ -19,11 +19,6 @@ from genloom.export import ModelFile
 ZOrSeed = int | Sequence[float] | np.ndarray
 
 
-def _in_range(out: np.ndarray, backend: str) -> np.ndarray:
-    """The runner's output clipped to [0, 1] in place, unless its last op (torch's sigmoid) already keeps it there."""
-    return out if backend in backends.SIGMOID_IN_RANGE else np.clip(out, 0.0, 1.0, out=out)
-
-
 class _Generator(nn.Module):
     """A GAN generator taking z ⊕ onehot(label) as one input: (n, latent + C) → (n, 784) in [0, 1].
     (The one-hot is made by the engine, so every backend sees one plain float input.)"""
@@ -98,7 +93,7 @@ class VAEEngine(Engine):
         if y is not None:
             z = np.concatenate([z, onehot(y, self.num_classes)], axis=1)  # (n, latent + C)
         out = self._decode(np.ascontiguousarray(z, dtype=np.float32))
-        return _in_range(out, self.backend).reshape(len(z), *IMAGE_HW)  # (n, 28, 28)
+        return backends.in_range(out, self.backend).reshape(len(z), *IMAGE_HW)  # (n, 28, 28)
 
 
 class GANEngine(Engine):
@@ -132,4 +127,4 @@ class GANEngine(Engine):
         if y is not None:
             z = np.concatenate([z, onehot(y, self.num_classes)], axis=1)  # (n, latent + C)
         out = self._generate(np.ascontiguousarray(z, dtype=np.float32))
-        return _in_range(out, self.backend).reshape(len(z), *IMAGE_HW)  # (n, 28, 28)
+        return backends.in_range(out, self.backend).reshape(len(z), *IMAGE_HW)  # (n, 28, 28)

@@ -156,18 +156,17 @@ def train_autoencoder(args: argparse.Namespace, tcfg: TrainConfig, splits, budge
     return cast(Autoencoder, export.load(path))
 
 
-def _load_kind(path: Path, kind: str, flag: str, what: str) -> Any:
+def _load_kind(path: Path, kind: str, flag: str, what: str, file: str) -> Any:
     """The model in ``path`` if its kind is ``kind``, else an error naming the flag and the file to pass."""
     info = export.read_header(path)
     if info.kind != kind:
-        raise GenloomError(f"{flag}{path}: is a {info.kind!r} model, not {what}; pass "
-                           f"{'OUT/autoencoder' if kind == 'autoencoder' else 'OUT'}/model.safetensors of an "
-                           f"earlier `genloom train flow` run")
+        raise GenloomError(f"{flag}{path}: is a {info.kind!r} model, not {what}; pass {file} of an earlier "
+                           f"`genloom train flow` run")
     return export.load(path)
 
 
 def load_autoencoder(path: Path) -> Autoencoder:
-    return cast(Autoencoder, _load_kind(path, "autoencoder", "", "an autoencoder"))
+    return cast(Autoencoder, _load_kind(path, "autoencoder", "", "an autoencoder", "OUT/autoencoder/model.safetensors"))
 
 
 @torch.inference_mode()
@@ -253,7 +252,7 @@ class PairBatches:
 
 
 def load_teacher(path: Path) -> FlowModel:
-    return cast(FlowModel, _load_kind(path, "flow", "--teacher ", "a flow model"))
+    return cast(FlowModel, _load_kind(path, "flow", "--teacher ", "a flow model", "OUT/model.safetensors"))
 
 
 def _interval(text: str) -> tuple[float, float]:
