@@ -40,6 +40,30 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
+NO_BF16 = "this CPU has no oneDNN bf16 matmul kernels (AVX2 only): mixed refuses it, tested below"
+
+
+def test_mixed_without_bf16_kernels_names_the_way_out(files: dict[str, Path], monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(backends, "bf16_kernels", lambda: False)  # what an AVX2-only CPU reports
+    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path))  # measured now, not a cached choice
+    with pytest.raises(InputError, match="mixed needs oneDNN's bf16 matmul kernels .*use bf16, int8 or exact"):
+        load(files["vae-relu"], backend="mixed")
+    eng = load(files["vae-relu"])  # auto skips it and says why
+    assert "mixed" in eng.auto["skipped"] and "bf16 matmul kernels" in eng.auto["skipped"]["mixed"]
+
+
+def test_the_bf16_kernel_probe_agrees_with_onednn() -> None:
+    x = torch.randn(4, 8)
+    lin = nn.Linear(8, 16)
+    try:
+        w = torch.ops.mkldnn._reorder_linear_weight(lin.weight.detach().to(torch.bfloat16), 4)
+        torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), w, None, "none", [], "")
+        works = True
+    except RuntimeError:
+        works = False
+    assert backends.bf16_kernels() is works
+
+
 @pytest.mark.parametrize("backend", ["mixed", "bf16", "int8", "onnx"])
 @pytest.mark.parametrize("name", ["vae-relu", "vae-silu-cond", "gan-mlp", "gan-conv"])
 def test_backend_matches_eager(files: dict[str, Path], name: str, backend: str) -> None:
@@ -47,6 +71,8 @@ def test_backend_matches_eager(files: dict[str, Path], name: str, backend: str) 
         with pytest.raises(InputError, match="mixed runs MLPs .*use bf16 or exact"):
             load(files[name], backend=backend)
         return
+    if backend == "mixed" and not backends.bf16_kernels():
+        pytest.skip(NO_BF16)
     ref = load(files[name], backend="eager").sample(32, seed=1)
     eng = load(files[name], backend=backend)
     assert eng.backend == backend
@@ -61,6 +87,8 @@ def test_backend_matches_eager(files: dict[str, Path], name: str, backend: str) 
 @pytest.mark.parametrize("act", [nn.ReLU(), nn.SiLU(), nn.Tanh(), nn.GELU(), nn.GELU("tanh"), nn.LeakyReLU(0.1),
                                  nn.Sigmoid()])
 def test_mixed_fuses_each_activation(act: nn.Module) -> None:
+    if not backends.bf16_kernels():
+        pytest.skip(NO_BF16)
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Sequential(nn.Linear(8, 32), act, nn.Linear(32, 48), act, nn.Linear(48, 16)),
                         nn.Sigmoid()).eval()

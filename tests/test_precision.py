@@ -54,7 +54,8 @@ def test_explicit_cpu_plans_follow_the_models_bf16_mode() -> None:
     assert prec.plan("auto", CPU).precision == "fp32"  # no probe given: the exact choice
 
 
-def test_auto_takes_bf16_only_when_measured_faster_and_caches_the_verdict(cache_home) -> None:
+def test_auto_takes_bf16_only_when_measured_faster_and_caches_the_verdict(cache_home, monkeypatch) -> None:
+    monkeypatch.setattr(prec, "cpu_bf16_kernels", lambda: True)  # a CPU with bf16 kernels: measured
     calls = []
 
     def probe(t32: float, t16: float):
@@ -75,6 +76,19 @@ def test_auto_takes_bf16_only_when_measured_faster_and_caches_the_verdict(cache_
     assert prec.cache_path().is_relative_to(cache_home)
     entry = cache[prec.cpu_key() + "|m1"]
     assert entry["choice"] == "bf16" and entry["fp32_ms"] == 10.0 and entry["bf16_ms"] == 6.0
+
+
+def test_auto_is_fp32_without_a_probe_where_bf16_is_emulated(cache_home, monkeypatch) -> None:
+    monkeypatch.setattr(prec, "cpu_bf16_kernels", lambda: False)  # what an AVX2-only CPU reports
+
+    def probe():
+        raise AssertionError("probed a CPU without bf16 kernels")
+
+    p = prec.plan("auto", CPU, probe=probe, probe_key="m1")
+    assert p.precision == "fp32" and p.autocast is None and "no bf16 matmul kernels" in p.how
+    assert not prec.cache_path().exists()
+    asked = prec.plan("bf16", CPU, probe=probe)  # asked for by name: given, with the warning in its reason
+    assert asked.precision == "bf16" and "far slower" in asked.how
 
 
 def test_time_alternating_measures_both_modes() -> None:
@@ -121,6 +135,10 @@ def test_trainer_applies_bf16_only_while_training_and_records_it(tmp_path) -> No
 def test_trainer_auto_probes_this_cpu_once(tmp_path, cache_home) -> None:
     tr = _vae_trainer(tmp_path / "a", "auto")
     tr.fit()
+    if not prec.cpu_bf16_kernels():  # AVX2 only: fp32 by rule, nothing to probe or cache
+        assert tr.provenance["precision"] == "fp32" and "no bf16 matmul kernels" in tr.plan.how
+        assert not prec.cache_path().exists()
+        return
     assert tr.provenance["precision"] in ("fp32", "bf16")
     assert "probe" in tr.plan.how and "cached" not in tr.plan.how
     entries = json.loads(prec.cache_path().read_text())

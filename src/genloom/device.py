@@ -6,6 +6,7 @@ used only when asked for: its kernels are not faster than the CPU for every mode
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 
 import torch
@@ -13,6 +14,22 @@ import torch
 from genloom.errors import GenloomError
 from genloom.options import DEVICE_CHOICES_HELP as CHOICES_HELP
 from genloom.options import check_precision
+
+
+@functools.cache
+def cpu_bf16_kernels() -> bool:
+    """Whether oneDNN packs and runs bf16 matmuls natively on this CPU (AMX, AVX512-BF16/AVX512BW or AVX-NE-CONVERT).
+
+    Without them (an AVX2-only CPU) bf16 is emulated: a 128×784 @ 784×512 matmul under bf16 autocast measured 60x
+    slower than fp32 on a 2-core AVX2 EPYC (docs/benchmarks.md), and oneDNN refuses to pack bf16 weights. Probed,
+    not guessed from CPU flags: the rule is oneDNN's, and it changes between releases."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(8, 8, dtype=torch.bfloat16), 1)
+    except RuntimeError:
+        return False
+    return True
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:

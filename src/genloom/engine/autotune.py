@@ -32,6 +32,7 @@ from genloom.engine.backends import Runner
 from genloom.fileformat import atomic_write
 
 CANDIDATES: tuple[str, ...] = ("mixed", "bf16", "int8", "onnx")
+NO_BF16 = "this CPU has no oneDNN bf16 matmul kernels (AVX2 only): bf16 would be emulated, tens of times slower"
 GREY_LEVELS = 1  # the tolerance: max |Δ| of round(255·x) against fp32
 PROBE_ROWS = 256
 TIMING_BATCH = 100
@@ -111,6 +112,9 @@ def measure(module: nn.Module, x: np.ndarray, *, threads: int | None,
     report: dict[str, Any] = {"grey_levels": {}, "time_vs_eager": {}, "skipped": {}}
     best, best_run, best_ratio = "eager", base, MIN_GAIN
     for cand in candidates:
+        if cand in backends.BF16 and not backends.bf16_kernels():  # emulated bf16: tens of times slower, not tried
+            report["skipped"][cand] = NO_BF16
+            continue
         try:
             run = backends.build(cand, module, batch, threads=threads)
         except Exception as e:  # e.g. onnxruntime not installed, an op a backend lacks: stay with what works

@@ -13,7 +13,8 @@ tests/test_engine_backends.py). None changes the model file: derived forms are b
                 kernels), bias and activation fused into each of their matmuls. The first layer is cheap (K = latent) and in fp32
                 the input z keeps its 24 bits — rounding z to bf16 is the largest single error of ``bf16``
                 (measured: max |Δ| 2.2e-3 vs 5.4e-3 for ``bf16`` on the trained lecture-large decoder).
-                Other architectures raise (``auto`` then skips it).
+                Other architectures, and CPUs without oneDNN bf16 kernels (AVX2-only), raise (``auto`` then
+                skips it).
 - ``int8``    — dynamic quantization of ``nn.Linear``: int8 weights (per-tensor scale), activations quantized
                 per batch, int32 accumulation (fbgemm VNNI kernels); other layers stay fp32.
 - ``onnx``    — the module exported to ONNX in memory and run by onnxruntime (fp32).
@@ -31,10 +32,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from genloom.device import cpu_bf16_kernels as bf16_kernels
 from genloom.engine.base import InputError
 
 Runner = Callable[[np.ndarray], np.ndarray]
 TORCH_BACKENDS = ("eager", "compile", "mixed", "bf16", "int8", "onnx")
+BF16 = ("mixed", "bf16")  # the backends that need oneDNN's bf16 kernels to pay (bf16_kernels())
 
 # max |backend − eager| on outputs in [0, 1]; the lossy ones are measured on trained models (docs/benchmarks.md)
 TOLERANCE: dict[str, float] = {"eager": 0.0, "compile": 1e-4, "onnx": 1e-4, "numpy": 1e-4,
@@ -120,13 +123,14 @@ def mlp_layers(module: nn.Module) -> list[tuple[nn.Linear, nn.Module | None]]:
 
 
 def mixed(module: nn.Module, example: np.ndarray, threads: int | None) -> Runner:
-    if not torch.backends.mkldnn.is_available():
-        raise RuntimeError("the mixed backend needs PyTorch built with oneDNN (mkldnn)")
     body, head = _split_head(module)
     linear = torch.ops.mkldnn._linear_pointwise
     pack = torch.ops.mkldnn._reorder_linear_weight  # the weight in oneDNN's blocked layout, once
     (first, act0), *rest = mlp_layers(body)
     _post_op(act0)  # (checks it is one the backend knows)
+    if not bf16_kernels():
+        raise InputError("backend", "mixed needs oneDNN's bf16 matmul kernels (AMX, AVX512-BF16/AVX512BW or "
+                         "AVX-NE-CONVERT), which this CPU lacks; use bf16, int8 or exact")
     # the first layer in fp32 as a plain addmm (K = latent is small: measured faster than oneDNN's packed path
     # at batch 100), its activation in place
     w0 = first.weight.detach().float().t().contiguous()  # (K, N)

@@ -161,8 +161,8 @@ def _image_variants(naive: Callable[[], Any], module: nn.Module, x: np.ndarray, 
             eng = lite.load(path, threads=threads or torch.get_num_threads())
             variants[name] = partial(eng._forward, x)
             continue
-        if name == "mixed" and not _is_mlp(module):
-            continue  # an MLP-only backend: no row for a conv generator
+        if name == "mixed" and not (_is_mlp(module) and backends.bf16_kernels()):
+            continue  # an MLP-only backend that needs bf16 kernels: no row for a conv generator or an AVX2 CPU
         run = backends.build(name, module, x, threads=threads)
         variants[name] = partial(run, x)
     return variants

@@ -6,8 +6,10 @@
   its inputs to oneDNN rounded to bf16 (no casts; the VAE), or ``autocast`` = torch.autocast to bf16 (the LM,
   the GAN). ``auto`` is **measured**: whether bf16 is faster depends on the CPU (AMX or not), on the model and on
   its size (on one AMX CPU the LM ``quick`` model was 1.35x slower in bf16 and the ``medium`` one 1.26x faster;
-  on an AVX512-BF16 CPU without AMX bf16 was 2x slower). So ``auto`` times a few training steps of the real model
-  in fp32 and in bf16, alternating, on copies of the model, and takes bf16 only if it is ≥ ``MIN_SPEEDUP`` faster.
+  on an AVX512-BF16 CPU without AMX bf16 was 2x slower). On a CPU without oneDNN bf16 kernels (AVX2 only: bf16
+  is emulated, ~60x slower) ``auto`` is fp32 without a probe. Elsewhere ``auto`` times a few training steps of
+  the real model in fp32 and in bf16, alternating, on copies of the model, and takes bf16 only if it is
+  ≥ ``MIN_SPEEDUP`` faster.
   The verdict is cached per CPU model, ISA, torch version, thread count and model shape in the user's cache dir
   (``$XDG_CACHE_HOME/genloom/precision.json``), so the probe runs once per machine and model.
 - MPS: ``auto`` = fp32; ``bf16``/``fp16`` = autocast.
@@ -27,6 +29,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from genloom.device import cpu_bf16_kernels
 from genloom.errors import GenloomError
 from genloom.options import PRECISIONS as CHOICES
 
@@ -77,6 +80,8 @@ def plan(precision: str, device: torch.device, *, cpu_bf16: str = "autocast",
     if precision == "fp16":
         raise GenloomError("--precision fp16 needs a GPU (CPUs have no fast fp16 training); use bf16, fp32 or auto")
     how = "requested"
+    if precision == "bf16" and not cpu_bf16_kernels():
+        how = "requested, on a CPU without bf16 matmul kernels (AVX2 only): emulated, expect it far slower than fp32"
     if precision == "auto":
         precision, how = _auto_cpu(probe, probe_key)
     if precision == "fp32":
@@ -89,6 +94,8 @@ def plan(precision: str, device: torch.device, *, cpu_bf16: str = "autocast",
 def _auto_cpu(probe: Callable[[], tuple[float, float]] | None, key: str) -> tuple[str, str]:
     if probe is None:
         return "fp32", "auto: no probe"
+    if not cpu_bf16_kernels():  # emulated bf16 (AVX2 only): tens of times slower, not worth a probe
+        return "fp32", "auto: this CPU has no bf16 matmul kernels (AVX2 only)"
     full_key = cpu_key() + "|" + key
     cache = _read_cache()
     hit = cache.get(full_key)
