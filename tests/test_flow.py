@@ -350,6 +350,22 @@ def test_a_file_of_the_wrong_kind_is_named_with_the_file_to_pass(tmp_path, capsy
     assert "'flow' model, not an autoencoder" in err and "OUT/autoencoder/model.safetensors" in err
 
 
+def test_unconditional_takes_its_measured_defaults_and_flags_still_win():
+    from genloom.api import train_args
+    from genloom.recipes import flow as recipe
+    from genloom.recipes.common import train_config
+
+    def resolved(**opts):
+        args = train_args("flow", out="x", **opts)
+        tc = train_config(args, recipe)
+        return tc.batch_size, tc.lr, recipe.ae_frac(args)
+
+    assert resolved() == (64, 2e-3, 0.3)  # class-conditional: the defaults
+    assert resolved(unconditional=True) == (128, 3e-3, 0.15)
+    assert resolved(unconditional=True, batch_size=32, lr=1e-3, ae_frac=0.4) == (32, 1e-3, 0.4)
+    assert resolved(unconditional=True, preset="fast")[:2] == (128, 3e-3)
+
+
 def test_preset_fast_trains_the_small_patch_4_model(tmp_path, idx_dir):
     """--preset fast: the architecture its sampling speed was measured on (docs/benchmarks.md)."""
     import genloom
