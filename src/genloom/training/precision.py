@@ -7,7 +7,7 @@
   the GAN). ``auto`` is **measured**: whether bf16 is faster depends on the CPU (AMX or not), on the model and on
   its size (on one AMX CPU the LM ``quick`` model was 1.35x slower in bf16 and the ``medium`` one 1.26x faster;
   on an AVX512-BF16 CPU without AMX bf16 was 2x slower). On a CPU without oneDNN bf16 kernels (AVX2 only: bf16
-  is emulated, ~60x slower) ``auto`` is fp32 without a probe. Elsewhere ``auto`` times a few training steps of
+  is emulated, 9–15x slower per step) ``auto`` is fp32 without a probe. Elsewhere ``auto`` times a few training steps of
   the real model in fp32 and in bf16, alternating, on copies of the model, and takes bf16 only if it is
   ≥ ``MIN_SPEEDUP`` faster.
   The verdict is cached per CPU model, ISA, torch version, thread count and model shape in the user's cache dir
