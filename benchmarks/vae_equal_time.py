@@ -5,12 +5,12 @@ Each round: (1) the pytorch/examples `vae/main.py` recipe (rebuilt in benchmarks
 Adam 1e-3, batch 128, its PIL/DataLoader data path, `train(epoch)` + `test(epoch)` per epoch) runs its 10 epochs in
 a fresh process; T = the wall time of those 10 epochs (imports and data loading excluded, as for genloom's
 budget); (2) `genloom train vae --time-budget T` (the default, lecture model) and (3)
-`genloom train vae --preset P --time-budget T` run right after it, each in a fresh process, then
+`genloom train vae --preset P --time-budget T` (each P of ``--preset``) run right after it, each in a fresh process, then
 `genloom eval FILE --json` scores both on the 10,000 test images (−ELBO with one z, IWAE k = 100). With
 ``--check-after`` the reference runs once more at the end, to show whether the load moved during the round.
 The same ``--threads`` applies to every process. Prints a markdown table (and ``--json``: one object).
 
-    nice -n 5 python benchmarks/vae_equal_time.py --threads 1 [--rounds 1] [--preset wide] [--check-after]
+    nice -n 5 python benchmarks/vae_equal_time.py --threads 1 [--rounds 1] [--preset pixel,wide] [--check-after]
     python benchmarks/vae_equal_time.py --budget 60 --only preset   # skip the reference: a fixed T
 """
 from __future__ import annotations
@@ -93,7 +93,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for every process (default 1)")
     ap.add_argument("--rounds", type=int, default=1, help="reference → default → preset, this many times")
-    ap.add_argument("--preset", default="wide", help="the preset measured beside the default")
+    ap.add_argument("--preset", default="pixel,wide",
+                    help="the presets measured beside the default, comma-separated (default pixel,wide)")
     ap.add_argument("--only", choices=("default", "preset"), default=None, help="run only one genloom command")
     ap.add_argument("--budget", type=float, default=None, help="use this T instead of measuring the reference")
     ap.add_argument("--ref-epochs", type=int, default=10, help=argparse.SUPPRESS)
@@ -111,9 +112,10 @@ def main() -> None:
     if args.out is None:
         tmp = tempfile.TemporaryDirectory()
         args.out = Path(tmp.name)
-    commands = {"default": [], "preset": ["--preset", args.preset]}
+    presets = {p: ["--preset", p] for p in args.preset.split(",") if p}
+    commands = {"default": [], **presets}
     if args.only:
-        commands = {args.only: commands[args.only]}
+        commands = {"default": []} if args.only == "default" else presets
     rounds = []
     for r in range(args.rounds):
         ref = None

@@ -214,3 +214,25 @@ async def test_a_bug_is_500_with_the_traceback_logged_not_422(api: httpx.AsyncCl
         r = await api.post("/v1/models/tiny/sample", json={"n": 1}, headers={"X-Request-Id": "bug-1"})
     assert r.status_code == 500 and "bug-1" in r.json()["error"] and "internal bug" not in r.json()["error"]
     assert any(rec.exc_info and "internal bug" in str(rec.exc_info[1]) for rec in caplog.records)
+
+
+async def test_a_vae_with_a_pixel_head_is_served_like_any_vae(tmp_path: Path) -> None:
+    """The autoregressive-head VAE (decoded pixel by pixel) through the server: the engine's images, batched."""
+    torch.manual_seed(0)
+    path = save(VAE(VAEConfig(enc_hidden=(16,), dec_hidden=(16,), latent=4, ar_kernel=3)), tmp_path / "px.safetensors")
+    cfg = ServerConfig(models=(ModelSpec("px", path, ModelSettings(max_batch_size=8, max_wait_ms=20, max_n=8)),),
+                       access_log=False)
+    server = Server(cfg)
+    await server.start()
+    try:
+        transport = httpx.ASGITransport(app=create_app(server))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            got = await asyncio.gather(*[client.post("/v1/models/px/sample", json={"n": 2, "seed": s, "format": "npy"})
+                                         for s in range(4)])
+            eng = load_engine(path)
+            for s, r in enumerate(got):
+                np.testing.assert_allclose(npy(r), eng.sample(2, seed=s), atol=1e-5)
+            rec = await client.post("/v1/models/px/reconstruct", json={"images": npy(got[0]).tolist()})
+            assert rec.status_code == 200, rec.text
+    finally:
+        await server.stop()

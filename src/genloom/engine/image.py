@@ -14,6 +14,7 @@ from torch import nn
 from genloom.engine import autotune, backends
 from genloom.engine.base import (IMAGE_HW, Engine, check_images, check_labels, check_latent,
                                  check_seed, check_steps, noise, onehot, sample_inputs, slerp)
+from genloom.errors import ConfigError
 from genloom.export import ModelFile
 
 ZOrSeed = int | Sequence[float] | np.ndarray
@@ -37,6 +38,18 @@ class _Generator(nn.Module):
         return torch.sigmoid(self.net.net(x))  # MLP generator, (n, 784)
 
 
+class _PixelDecoder(nn.Module):
+    """A VAE with a pixel head as one function of z ⊕ onehot(label): (n, latent + C) → (n, 784) in [0, 1], decoded
+    pixel by pixel (``VAE._pixel_sample``)."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vae._pixel_sample(self.vae.decoder(x))
+
+
 class VAEEngine(Engine):
     kind: ClassVar[str] = "vae"
 
@@ -47,7 +60,12 @@ class VAEEngine(Engine):
         c = model.config
         self.latent, self.num_classes, self.x_dim = int(c.latent), int(c.num_classes), int(c.x_dim)
         # the decoder with its output nonlinearity: (n, latent + C) → (n, 784) Bernoulli means in [0, 1]
-        self.decoder = nn.Sequential(model.decoder, nn.Sigmoid()).eval()
+        self.decoder = (_PixelDecoder(model) if c.ar_kernel else nn.Sequential(model.decoder, nn.Sigmoid())).eval()
+        if c.ar_kernel:  # 784 sequential head steps: eager only (no graph export or fused kernel for the loop)
+            if backend not in ("auto", "exact", "eager"):
+                raise ConfigError(f"backend {backend!r}: this VAE has an autoregressive pixel head, which runs on "
+                                  f"the eager backend only; pass backend='eager' (or 'auto')")
+            backend = "eager"
         self.backend, self._decode, self.auto = autotune.select(
             backend, self.decoder, self.latent, num_classes=self.num_classes, threads=threads, cache_key=cache_key)
 

@@ -174,6 +174,9 @@ class LiteVAE(LiteEngineBase):
             raise ModelFileError(f"{header.path}: unknown VAE likelihood {c.get('likelihood')!r}")
         self.latent, self.num_classes = int(c.get("latent", 20)), int(c.get("num_classes", 0))
         self.x_dim = int(c.get("x_dim", 784))
+        if int(c.get("ar_kernel", 0)):
+            raise ModelFileError(f"{header.path}: this VAE has an autoregressive pixel head, which the numpy path "
+                                 f"does not run; load it with genloom.engine.load (torch)")
         self.act = str(c.get("activation", "relu"))  # files older than the field used ReLU
         enc, dec = list(c.get("enc_hidden", [400])), list(c.get("dec_hidden", [400]))
         self.dec = _mlp_layers(self.weights, "decoder.", [self.latent + self.num_classes, *dec, self.x_dim])

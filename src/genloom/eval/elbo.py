@@ -23,6 +23,15 @@ def _log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torc
     return -0.5 * (LOG_2PI + logvar + (z - mu) ** 2 * torch.exp(-logvar)).sum(-1)
 
 
+def _log_px(model: VAE, zk: torch.Tensor, labels: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """log p(x | z) for each of j samples per image: zk (j, B, latent), x (B, 784) → (j, B)."""
+    j = len(zk)
+    lab = labels.expand(j, -1).reshape(-1) if labels is not None else None
+    xs = x.expand(j, -1, -1).reshape(-1, x.shape[-1])  # (j·B, 784)
+    logits = model.decode_logits(zk.reshape(-1, zk.shape[-1]), lab, xs).reshape(j, len(x), -1)
+    return model.log_px_given_z(logits, x)
+
+
 @torch.inference_mode()
 def evaluate_vae(model: VAE, data: ImageData, *, iwae_k: int = 100, batch_size: int = 500, seed: int = 0,
                  ) -> dict[str, float]:
@@ -39,7 +48,7 @@ def evaluate_vae(model: VAE, data: ImageData, *, iwae_k: int = 100, batch_size: 
         std = torch.exp(0.5 * logvar)
         # negative ELBO with one sample
         z = mu + std * torch.randn(mu.shape, generator=g).to(dev)
-        recon = -model.log_px_given_z(model.decode_logits(z, labels), x)  # (B,)
+        recon = -model.log_px_given_z(model.decode_logits(z, labels, x), x)  # (B,)
         kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1)  # (B,)
         tot_recon += float(recon.sum())
         tot_kl += float(kl.sum())
@@ -47,9 +56,10 @@ def evaluate_vae(model: VAE, data: ImageData, *, iwae_k: int = 100, batch_size: 
         if iwae_k:
             eps = torch.randn((iwae_k, *mu.shape), generator=g).to(dev)  # (k, B, latent)
             zk = mu + std * eps
-            lab_k = labels.expand(iwae_k, -1).reshape(-1) if labels is not None else None
-            logits = model.decode_logits(zk.reshape(-1, zk.shape[-1]), lab_k).reshape(iwae_k, len(x), -1)
-            log_px = model.log_px_given_z(logits, x)  # (k, B)
+            # the k samples in chunks of rows: a pixel-head decoder holds (rows, 784, hidden) activations (~0.5 GB)
+            rows = 8_000 if model.config.ar_kernel else 50_000
+            step = max(1, min(iwae_k, rows // len(x)))
+            log_px = torch.cat([_log_px(model, zk[i:i + step], labels, x) for i in range(0, iwae_k, step)])  # (k, B)
             log_pz = _log_normal(zk, torch.zeros_like(zk), torch.zeros_like(zk))  # (k, B)
             log_qz = _log_normal(zk, mu, logvar)  # (k, B)
             log_w = log_px + log_pz - log_qz
