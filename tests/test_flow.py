@@ -364,6 +364,10 @@ def test_unconditional_takes_its_measured_defaults_and_flags_still_win():
     assert resolved(unconditional=True) == (128, 3e-3, 0.15)
     assert resolved(unconditional=True, batch_size=32, lr=1e-3, ae_frac=0.4) == (32, 1e-3, 0.4)
     assert resolved(unconditional=True, preset="fast")[:2] == (128, 3e-3)
+    steps = {opts.get("unconditional", False): recipe.model_options(train_args("flow", out="x", **opts))["sample_steps"]
+             for opts in ({}, {"unconditional": True})}
+    assert steps == {False: 4, True: 8}  # the label-free model samples with 8 Heun steps by default
+    assert recipe.model_options(train_args("flow", out="x", unconditional=True, sample_steps=2))["sample_steps"] == 2
 
 
 def test_preset_fast_trains_the_small_patch_4_model(tmp_path, idx_dir):
