@@ -129,14 +129,17 @@ class VAE(GenerativeModel):
         h = self.encoder(h)
         return self.fc_mu(h), self.fc_logvar(h)
 
+    def _decoder_out(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        y = self._onehot(labels, len(z))
+        if y is not None:
+            z = torch.cat([z, y], dim=-1)  # (..., latent + C)
+        return self.decoder(z)
+
     def decode_logits(self, z: torch.Tensor, labels: torch.Tensor | None = None,
                       x: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of p(x|z), (..., 784). With the pixel head, pixel i's logit depends on x's pixels before i: pass
         the images x (same leading shape, 784 pixels) being scored (``decode`` samples instead)."""
-        y = self._onehot(labels, len(z))
-        if y is not None:
-            z = torch.cat([z, y], dim=-1)  # (..., latent + C)
-        h = self.decoder(z)  # (..., 784) logits, or (..., 784 · ar_channels) features for the pixel head
+        h = self._decoder_out(z, labels)  # (..., 784) logits, or (..., 784 · ar_channels) features for the head
         if not self.config.ar_kernel:
             return h
         if x is None:
@@ -177,9 +180,8 @@ class VAE(GenerativeModel):
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Mean image in [0, 1], shape (B, 1, 28, 28)."""
         if self.config.ar_kernel:
-            y = self._onehot(labels, len(z))
             with torch.no_grad():
-                mean = self._pixel_sample(self.decoder(z if y is None else torch.cat([z, y], dim=-1)))
+                mean = self._pixel_sample(self._decoder_out(z, labels))
         else:
             mean = torch.sigmoid(self.decode_logits(z, labels))
         return mean.reshape(len(z), *self.config.image_shape)  # (B, 1, 28, 28)
