@@ -95,6 +95,12 @@ class VAE(GenerativeModel):
             self.ar_in = nn.Linear(len(self.offsets) + c.ar_channels, c.ar_hidden)
             self.ar_out = nn.Linear(c.ar_hidden, 1)
             self.pixel_bias = nn.Parameter(torch.zeros(c.x_dim))  # per-pixel logit offset (the data mean's logit)
+            # raster-order decoding's index tables into the zero-padded flat canvas (H + k//2) × (W + 2·(k//2)):
+            # each pixel's own position and its causal neighbours' (plain lists: config, not weights)
+            _, hh, ww = c.image_shape
+            r, wp = c.ar_kernel // 2, ww + 2 * (c.ar_kernel // 2)
+            self._at = [(i + r) * wp + j + r for i in range(hh) for j in range(ww)]
+            self._nb_idx = [[p + dy * wp + dx for dy, dx in self.offsets] for p in self._at]
         if c.likelihood == "gaussian":
             self.log_sigma = nn.Parameter(torch.zeros(()))
 
@@ -166,15 +172,9 @@ class VAE(GenerativeModel):
         w_nb, w_out, b_out = w_in[:, :k].T, self.ar_out.weight.T, self.ar_out.bias + self.pixel_bias  # b: (784,)
         wp = ww + 2 * c
         canvas = h.new_zeros(n, (hh + c) * wp)  # the padded image, flat: (N, (H + c)(W + 2c))
-        rows = torch.arange(hh).repeat_interleave(ww) + c
-        cols = torch.arange(ww).repeat(hh) + c
-        dy = torch.tensor([o[0] for o in self.offsets])
-        dx = torch.tensor([o[1] for o in self.offsets])
-        nb_idx = ((rows[:, None] + dy) * wp + cols[:, None] + dx).tolist()  # (784, K') flat neighbour positions
-        at = (rows * wp + cols).tolist()  # (784,) each pixel's own position
-        for i in range(hh * ww):
-            a = F.silu(base[:, i] + canvas[:, nb_idx[i]] @ w_nb)  # (N, hidden)
-            canvas[:, at[i]] = torch.sigmoid((a @ w_out).squeeze(-1) + b_out[i])
+        for i, (at, nb) in enumerate(zip(self._at, self._nb_idx)):
+            a = F.silu(base[:, i] + canvas[:, nb] @ w_nb)  # (N, hidden)
+            canvas[:, at] = torch.sigmoid((a @ w_out).squeeze(-1) + b_out[i])
         return canvas.reshape(n, hh + c, wp)[:, c:, c:c + ww].reshape(n, hh * ww)
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
