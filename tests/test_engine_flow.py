@@ -114,3 +114,21 @@ def test_python_api_sample_takes_steps_and_guidance(flow_file):
 
     got = genloom.sample(flow_file, 2, seed=1, steps=2, guidance=2.0)
     assert np.array_equal(got, load(flow_file).sample(2, seed=1, steps=2, guidance=2.0))
+    got = genloom.sample(flow_file, 2, seed=1, steps=2, sampler="euler")
+    assert np.array_equal(got, load(flow_file).sample(2, seed=1, steps=2, sampler="euler"))
+    assert not np.array_equal(got, load(flow_file).sample(2, seed=1, steps=2, sampler="heun"))
+
+
+def test_the_sampler_field_is_checked_against_the_model(flow_file):
+    """The edge's sampler names are the model's; a shortcut request to a plain flow model is refused naming the
+    fix, before any work."""
+    from genloom.core.requests import FLOW_SAMPLERS
+    from genloom.models.flow import SAMPLERS
+
+    assert FLOW_SAMPLERS == SAMPLERS
+    eng = load(flow_file)
+    with pytest.raises(RequestError, match="^sampler: .*needs a shortcut model"):
+        eng.sample(1, steps=2, sampler="shortcut")
+    with pytest.raises(RequestError, match="^sampler: must be one of"):
+        check("sample", {"n": 1, "sampler": "rk4"})
+    assert eng.sample(1, seed=0, sampler="euler", steps=2).shape == (1, 28, 28)

@@ -368,6 +368,11 @@ def test_unconditional_takes_its_measured_defaults_and_flags_still_win():
              for opts in ({}, {"unconditional": True})}
     assert steps == {False: 4, True: 8}  # the label-free model samples with 8 Heun steps by default
     assert recipe.model_options(train_args("flow", out="x", unconditional=True, sample_steps=2))["sample_steps"] == 2
+    levels = {opts.get("unconditional", False): recipe.model_options(train_args("flow", out="x", **opts))
+              ["shortcut_levels"] for opts in ({}, {"unconditional": True})}
+    assert levels == {False: 0, True: 6}  # the label-free model is a shortcut model (4-step sampling)
+    assert recipe.model_options(train_args("flow", out="x", unconditional=True, shortcut_levels=0))[
+        "shortcut_levels"] == 0
 
 
 def test_preset_fast_trains_the_small_patch_4_model(tmp_path, idx_dir):
@@ -379,3 +384,84 @@ def test_preset_fast_trains_the_small_patch_4_model(tmp_path, idx_dir):
                         no_progress=True)
     c = export.load(out["model"]).config
     assert (c.dim, c.depth, c.patch, c.ae_dim) == (64, 4, 4, 16)
+
+
+# -- shortcut models ------------------------------------------------------------------------------------------
+def test_shortcut_targets_are_two_half_steps_of_the_next_level():
+    """On dx/dt = λx the exact average velocity over a step d (x_{t−d} = x_t − d·s) is s_d(x) = x(1 − e^{−λd})/d.
+    A net answering exactly that at level k + 1 (step d/2) makes every target the exact s_d at level k: the half
+    steps are taken at the right level, times and sizes."""
+    from genloom.models.flow import shortcut_targets
+
+    lam, L = 1.3, 6
+
+    def net(x, t, y, level):
+        d = torch.pow(2.0, -level.float()).reshape(-1, 1, 1, 1)
+        return x * (1 - torch.exp(-lam * d)) / d
+
+    torch.manual_seed(0)
+    z0, eps = torch.randn(512, 2, 7, 7), torch.randn(512, 2, 7, 7)
+    xt, t, k, target = shortcut_targets(net, z0, eps, torch.zeros(512, dtype=torch.long), L)
+    assert int(k.min()) == 0 and int(k.max()) == L - 2  # every level but the finest (flow matching's)
+    d = torch.pow(2.0, -k.float())
+    steps_from_noise = (1 - t) / d
+    assert torch.allclose(steps_from_noise, steps_from_noise.round(), atol=1e-5) and float(t.min()) > 0
+    assert float(t.max()) == 1.0  # the grid the k-level sampler visits, which starts at pure noise
+    assert torch.allclose(xt, (1 - t).reshape(-1, 1, 1, 1) * z0 + t.reshape(-1, 1, 1, 1) * eps)
+    dd = d.reshape(-1, 1, 1, 1)
+    assert torch.allclose(target, xt * (1 - torch.exp(-lam * dd)) / dd, atol=1e-5)
+
+
+def test_the_shortcut_sampler_takes_2k_steps_at_level_k_on_the_uniform_grid():
+    """steps = 2^k: 2^k evaluations at level k, at t = 1, 1 − 2^−k, …, 2^−k whatever the file's time shift;
+    the ODE samplers call the finest level (the velocity). Bad settings are refused with the fix."""
+    torch.manual_seed(0)
+    m = FlowModel(FlowConfig(ae_channels=2, ae_dim=8, dim=16, depth=1, heads=2, num_classes=0, time_shift=3.0,
+                             shortcut_levels=4)).eval()
+    calls: list[tuple[float, int]] = []
+    net = m.ema.forward
+
+    def spy(z, t, y, level=None):
+        calls.append((round(float(t[0]), 6), -1 if level is None else int(level[0])))
+        return net(z, t, y, level)
+
+    m.ema.forward = spy  # type: ignore[method-assign]
+    m.generate(2, steps=4, sampler="shortcut")
+    assert calls == [(1.0, 2), (0.75, 2), (0.5, 2), (0.25, 2)]
+    calls.clear()
+    m.generate(2, steps=2, sampler="euler")
+    assert [lv for _, lv in calls] == [-1, -1] and calls[1][0] != 0.5  # the shifted grid, the velocity level
+    assert network_evaluations(8, "shortcut") == 8
+    for steps in (3, 16):  # not a power of two; more than the finest level's 2^(L−1) = 8
+        with pytest.raises(ValueError, match="power of two of steps, 1 … 8"):
+            m.generate(1, steps=steps, sampler="shortcut")
+    with pytest.raises(ValueError, match="needs a shortcut model"):
+        _tiny_flow().generate(1, steps=2, sampler="shortcut")
+    with pytest.raises(ValueError, match="shortcut_levels must be 0"):
+        FlowConfig(shortcut_levels=1)
+
+
+def test_a_shortcut_model_learns_one_step_samples_that_flow_matching_blurs():
+    """Data ±1 (a fair coin per latent dim). One Euler step of the flow-matching velocity lands on the mean
+    (E[z₀ | ε] = 0: blurred); the shortcut model's one-step level, trained by self-consistency from the same
+    velocity, lands near ±1 (the ODE's map, sign(ε) per dim)."""
+    torch.manual_seed(0)
+    cfg = FlowConfig(ae_channels=1, ae_dim=8, dim=32, depth=2, heads=2, num_classes=0, shortcut_levels=5,
+                     ema_kimg=0.5, ema_rampup=0.0)
+    m = FlowModel(cfg)
+    opt = torch.optim.Adam(m.dit.parameters(), lr=3e-3)
+    for _ in range(400):
+        sign = torch.randint(0, 2, (64, 1, 7, 7)).float() * 2 - 1
+        batch = (sign, torch.full((64, 1, 7, 7), 0.01), torch.zeros(64).long())
+        opt.zero_grad()
+        m.loss(batch).loss.backward()
+        opt.step()
+        m.update_ema(64)
+    noise = torch.randn(256, 1, 7, 7, generator=torch.Generator().manual_seed(1))
+    m.eval()
+    flow1 = m.sample_latents(noise, steps=1, sampler="euler").abs()
+    short1 = m.sample_latents(noise, steps=1, sampler="shortcut").abs()
+    many = m.sample_latents(noise, steps=16, sampler="shortcut").abs()
+    assert float(flow1.mean()) < 0.5, float(flow1.mean())  # the mean of the two modes: blurred
+    assert float(short1.mean()) > 0.75, float(short1.mean())  # a mode
+    assert float(many.mean()) > 0.75, float(many.mean())

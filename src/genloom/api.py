@@ -126,13 +126,15 @@ def train(family: str, *, out: str | PathLike[str], preset: str | None = None, e
 
 
 def sample(model: str | PathLike[str], n: int = 64, *, seed: int = 0, labels: list[int] | None = None,
-           backend: str = "auto", steps: int | None = None, guidance: float | None = None) -> Any:
+           backend: str = "auto", steps: int | None = None, guidance: float | None = None,
+           sampler: str | None = None) -> Any:
     """``n`` images from an image model file, float32 (n, 28, 28) in [0, 1] — ``genloom.engine.load`` +
     ``sample``: the same seed gives the same images as ``genloom sample MODEL -n N --seed S -o x.npy``.
-    ``steps`` / ``guidance``: flow models only (ODE steps, classifier-free guidance)."""
+    ``steps`` / ``guidance`` / ``sampler``: flow models only (ODE steps, classifier-free guidance, euler | heun |
+    shortcut)."""
     from genloom.engine import load
 
-    flow = {k: v for k, v in (("steps", steps), ("guidance", guidance)) if v is not None}
+    flow = {k: v for k, v in (("steps", steps), ("guidance", guidance), ("sampler", sampler)) if v is not None}
     return load(Path(model), backend=backend).sample(n, seed=seed, labels=labels, **flow)
 
 

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.timeout(240)
 
 def tiny_flow(path: Path) -> Path:
     torch.manual_seed(0)
-    m = FlowModel(FlowConfig(ae_channels=2, ae_dim=8, dim=16, depth=1, heads=2, num_classes=10, sample_steps=3))
+    m = FlowModel(FlowConfig(ae_channels=2, ae_dim=8, dim=16, depth=1, heads=2, num_classes=10, sample_steps=3,
+                             shortcut_levels=3))  # a shortcut model: the ODE samplers and its learned steps
     with torch.no_grad():
         for p in m.parameters():
             p.normal_(std=0.1)
@@ -51,6 +52,11 @@ def test_cli_sample_writes_the_engine_images(flow_path: Path, tmp_path: Path) ->
                  "--labels", "5", "-o", str(out)]) == 0
     want = load(flow_path).sample(3, seed=4, steps=2, guidance=1.5, labels=[5])
     np.testing.assert_array_equal(np.load(out), want)
+    # 2 steps: level 1 of 3 (4 steps would be the finest level, the velocity: Euler's)
+    assert main(["sample", str(flow_path), "-n", "2", "--sampler", "shortcut", "--steps", "2", "-o", str(out)]) == 0
+    short = load(flow_path).sample(2, seed=0, steps=2, sampler="shortcut")
+    np.testing.assert_array_equal(np.load(out), short)
+    assert not np.array_equal(short, load(flow_path).sample(2, seed=0, steps=2, sampler="euler"))
 
 
 def test_http_sample_and_trajectory_match_the_engine(server: Proc, flow_path: Path) -> None:
@@ -70,6 +76,20 @@ def test_http_sample_and_trajectory_match_the_engine(server: Proc, flow_path: Pa
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     bad = httpx.post(f"{server.url}/v1/models/flow/sample", json={"n": 1, "steps": 0}, timeout=60)
     assert bad.status_code == 422 and bad.json()["field"] == "steps"
+    body = {"n": 2, "seed": 3, "steps": 4, "sampler": "shortcut", "format": "npy"}
+    r = httpx.post(f"{server.url}/v1/models/flow/sample", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(np.load(io.BytesIO(r.content)), eng.sample(2, seed=3, steps=4, sampler="shortcut"),
+                               atol=1e-6)
+    r = httpx.post(f"{server.url}/v1/models/flow/trajectory",
+                   json={"seed": 3, "steps": 2, "sampler": "shortcut", "format": "npy"}, timeout=60)
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(np.load(io.BytesIO(r.content)), eng.trajectory_grid(1, seed=3, steps=2,
+                                                                                   sampler="shortcut"), atol=1e-6)
+    for body, says in (({"steps": 3, "sampler": "shortcut"}, "power of two"), ({"sampler": "rk4"}, "one of")):
+        bad = httpx.post(f"{server.url}/v1/models/flow/sample", json={"n": 1, **body}, timeout=60)
+        assert bad.status_code in (400, 422) and bad.json()["field"] == "sampler", bad.text
+        assert says in bad.text
     models = httpx.get(f"{server.url}/v1/models", timeout=30).json()["models"]
     assert [m["kind"] for m in models] == ["flow"]
 
@@ -93,7 +113,8 @@ def test_amqp_serves_flow_samples_as_the_engine_does(flow_path: Path) -> None:
         try:
             async with QueueClient(url, timeout=60) as client:
                 params = [{"n": 2, "seed": 1, "format": "f32", "steps": 2, "guidance": 3.0},
-                          {"n": 1, "seed": 2, "format": "f32", "labels": [7]}]
+                          {"n": 1, "seed": 2, "format": "f32", "labels": [7]},
+                          {"n": 2, "seed": 3, "format": "f32", "steps": 2, "sampler": "shortcut"}]
                 return params, await client.run_many(name, params)
         finally:
             await worker.stop()
@@ -102,5 +123,5 @@ def test_amqp_serves_flow_samples_as_the_engine_does(flow_path: Path) -> None:
     params, results = asyncio.run(run())
     for p, r in zip(params, results):
         assert not isinstance(r, Exception) and r.ok, r
-        kw = {k: p[k] for k in ("steps", "guidance", "labels") if k in p}
+        kw = {k: p[k] for k in ("steps", "guidance", "labels", "sampler") if k in p}
         np.testing.assert_allclose(m.decode_images(r.result), eng.sample(p["n"], seed=p["seed"], **kw), atol=1e-6)

@@ -42,6 +42,12 @@ def test_flow_card_shows_samples_labels_and_the_trajectory(flow_server: Proc, br
     page.wait_for_function("() => document.querySelector('#model-flow canvas.traj-strip').width === 2 * (6 * 30 + 2)")
     page.wait_for_selector("#model-flow .trajectory[data-state=ready]")
     assert "5 heun steps" in page.inner_text("#model-flow .traj-caption")
+    # a shortcut model offers its learned steps: 4 of them, one evaluation each
+    page.fill("#model-flow input.traj-steps", "4")
+    page.select_option("#model-flow select.traj-sampler", "shortcut")
+    page.wait_for_function("() => document.querySelector('#model-flow .traj-caption').textContent"
+                           ".includes('4 shortcut steps (4 evaluations)')")
+    page.wait_for_selector("#model-flow .trajectory[data-state=ready]")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(Path(ARTIFACTS) / "playground-flow.png"), full_page=True)
     assert not errors, errors

@@ -12,6 +12,7 @@ import torch
 from genloom import export
 from genloom.errors import GenloomError
 from genloom.export import ModelFile
+from genloom.models.flow import SAMPLERS
 from genloom.options import add_device_options
 
 
@@ -36,7 +37,8 @@ def register(sub: Any) -> None:
     e.add_argument("--steps", type=int, default=None, help="flow: ODE steps (default: the file's)")
     e.add_argument("--guidance", type=float, default=None,
                    help="flow: guidance w (0 = unconditional; default: the file's)")
-    e.add_argument("--sampler", choices=("euler", "heun"), default=None, help="flow: ODE sampler (default: the file's)")
+    e.add_argument("--sampler", choices=SAMPLERS, default=None,
+                   help="flow: sampler (default: the file's; shortcut: a shortcut model's learned steps)")
     e.set_defaults(func=_cmd_eval)
 
 
@@ -146,7 +148,7 @@ def evaluate_flow(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]
     from genloom.data.images import load_images
     from genloom.eval.fid import find_classifier, load_classifier, real_stats
     from genloom.eval.flow import fid_and_accuracy
-    from genloom.models.flow import network_evaluations
+    from genloom.models.flow import check_sampler, network_evaluations
 
     n = getattr(args, "fid_samples", None) or 10_000
     if n < 2:
@@ -160,6 +162,10 @@ def evaluate_flow(args: argparse.Namespace, header: ModelFile) -> dict[str, Any]
         raise GenloomError(f"--steps must be between 1 and 256, got {steps}")
     if not 0 <= guidance <= 20:
         raise GenloomError(f"--guidance must be between 0 and 20, got {guidance}")
+    try:
+        check_sampler(c, sampler, steps)
+    except ValueError as e:
+        raise GenloomError(f"--sampler {sampler} --steps {steps}: {e}") from None
     dataset = _dataset(args, header)
     cpath = find_classifier(getattr(args, "classifier", None), dataset=dataset)
     classifier = load_classifier(cpath, dataset=dataset)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from genloom.core.requests import FLOW_ONLY, FLOW_SAMPLERS
 from genloom.errors import GenloomError
 from genloom.export import ModelFile
 from genloom.options import add_device_options
@@ -25,6 +26,8 @@ def register(sub: Any) -> None:
                    help="class labels for a conditional model: one label for all, or a comma-separated list of n")
     s.add_argument("-o", "--out", type=Path, default=None, help="output file: .png (grid) or .npy")
     s.add_argument("--steps", type=int, default=None, help="flow: ODE steps (default: the file's)")
+    s.add_argument("--sampler", choices=FLOW_SAMPLERS, default=None,
+                   help="flow: euler | heun | shortcut (a shortcut model's learned steps) (default: the file's)")
     s.add_argument("--guidance", type=float, default=None,
                    help="flow: classifier-free guidance w (0 unconditional, 1 conditional, > 1 guided)")
     s.add_argument("--prompt", type=str, default=None, help="LM: the prompt text")
@@ -87,7 +90,7 @@ def sample_images(args: argparse.Namespace, header: ModelFile) -> int:
 
     # the engine's noise, backend and request schema (core/requests.py: the limits and error text of every
     # transport): the same images as genloom.engine.load(path).sample(n, seed=seed)
-    flow = {k: getattr(args, k, None) for k in ("steps", "guidance") if getattr(args, k, None) is not None}
+    flow = {k: getattr(args, k, None) for k in FLOW_ONLY if getattr(args, k, None) is not None}
     if flow and header.kind != "flow":
         raise GenloomError(f"--{next(iter(flow))} is for flow models; this model is of kind {header.kind}")
     eng = load(header.path, backend=args.backend, device=args.device, precision=args.precision)

@@ -58,13 +58,27 @@ class ModelInfo:
     kind: str  # vae | gan | lm | …
     num_classes: int = 0
     vocab: frozenset[str] | None = None
+    shortcut_levels: int = 0  # flow: a shortcut model's step-size levels (0: none)
+    sample_steps: int = 0  # flow: the file's default steps
 
     @classmethod
     def of_header(cls, header: Any) -> "ModelInfo":
         """From a model file's header (``export.ModelFile`` or ``engine.lite.LiteHeader``)."""
         raw = header.metadata.get("genloom.vocab")
-        return cls(kind=header.kind, num_classes=int(header.config.get("num_classes", 0) or 0),
-                   vocab=frozenset(json.loads(raw)) if raw else None)
+        c = header.config
+        return cls(kind=header.kind, num_classes=int(c.get("num_classes", 0) or 0),
+                   vocab=frozenset(json.loads(raw)) if raw else None,
+                   shortcut_levels=int(c.get("shortcut_levels", 0) or 0), sample_steps=int(c.get("sample_steps", 0) or 0))
+
+
+def shortcut_problem(levels: int, steps: int) -> str | None:
+    """Why a flow model with ``levels`` shortcut levels cannot take ``steps`` shortcut steps; None if it can."""
+    if not levels:
+        return "sampler 'shortcut' needs a shortcut model (trained with --shortcut-levels); use euler or heun"
+    most = 2 ** (levels - 1)
+    if steps < 1 or steps & (steps - 1) or steps > most:
+        return f"the shortcut sampler takes a power of two of steps, 1 … {most}, not {steps}"
+    return None
 
 
 Check = Callable[[Any, Limits], "str | None"]
@@ -148,16 +162,21 @@ FLOW_STEPS = Field("steps", INT, None, check=_range(1, None, MAX_FLOW_STEPS),
 GUIDANCE = Field("guidance", NUM, None, check=_range(0, None, MAX_GUIDANCE),
                  doc="flow models: classifier-free guidance w (0 unconditional, 1 conditional, > 1 guided; "
                      "null: the model file's default)")
-FLOW_ONLY = ("steps", "guidance")  # sample fields that only flow models take
+FLOW_SAMPLERS = ("euler", "heun", "shortcut")  # models/flow.py's SAMPLERS (kept here: no torch at the edge)
+SAMPLER = Field("sampler", STR, None, check=_choice(*FLOW_SAMPLERS),
+                doc="flow models: euler | heun (ODE solvers) | shortcut (a shortcut model's learned steps; steps a "
+                    "power of two) (null: the model file's default)",
+                openapi={"type": "string", "enum": list(FLOW_SAMPLERS)})
+FLOW_ONLY = ("steps", "guidance", "sampler")  # sample fields that only flow models take
 
 SCHEMAS: dict[str, tuple[Field, ...]] = {
     "sample": (
         Field("n", INT, 1, nullable=False, check=_range(1, "max_n"), doc="number of images"),
-        SEED, LABELS, FLOW_STEPS, GUIDANCE,
+        SEED, LABELS, FLOW_STEPS, GUIDANCE, SAMPLER,
     ),
     "trajectory": (
         Field("n", INT, 1, nullable=False, check=_range(1, None, 16), doc="number of images (at most 16)"),
-        SEED, LABELS, FLOW_STEPS, GUIDANCE,
+        SEED, LABELS, FLOW_STEPS, GUIDANCE, SAMPLER,
     ),
     "generate": (
         Field("prompt", STR, "", nullable=False, check=_prompt, doc="text to continue"),
@@ -258,6 +277,10 @@ def check_model(op: str, p: dict[str, Any], model: ModelInfo) -> None:
             given = next((f for f in FLOW_ONLY if p.get(f) is not None), None)
             if given:
                 raise RequestError(given, f"only flow models take {given}; this model is of kind {model.kind}")
+        elif p.get("sampler") == "shortcut":
+            problem = shortcut_problem(model.shortcut_levels, p.get("steps") or model.sample_steps)
+            if problem:
+                raise RequestError("sampler", problem)
     elif op == "reconstruct":
         if p["labels"] is not None:
             p["labels"] = check_labels(p["labels"], len(p["images"]), model.num_classes)

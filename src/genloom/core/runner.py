@@ -25,6 +25,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from genloom.core.requests import FLOW_ONLY
+
 EXACT_BACKENDS = frozenset({"exact", "eager", "numpy"})
 _GEN_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop")
 
@@ -55,7 +57,7 @@ def _one(engine: Any, r: Mapping[str, Any]) -> Any:
             return engine.interpolate(r["a"], r["b"], steps=r["steps"], label=r.get("label"))
         if r["op"] == "trajectory":  # flow: rows of denoising states and predictions (engine/flow.py)
             return engine.trajectory_grid(r["n"], seed=r.get("seed"), labels=r.get("labels"), steps=r.get("steps"),
-                                          guidance=r.get("guidance"))
+                                          guidance=r.get("guidance"), sampler=r.get("sampler"))
         raise ValueError(f"unknown op {r['op']!r}")
     except Exception as e:  # a bad item fails alone; the rest of the batch is served
         return e
@@ -68,7 +70,7 @@ def _samples(engine: Any, reqs: list[Mapping[str, Any]], rng: np.random.Generato
     latent = getattr(engine, "latent", None)
     if latent is None or not hasattr(engine, "decode"):  # no batched decode (flow: an ODE): one call per request
         for i, r in zip(idx, reqs):
-            flow = {k: r[k] for k in ("steps", "guidance") if r.get(k) is not None}  # flow models only
+            flow = {k: r[k] for k in FLOW_ONLY if r.get(k) is not None}  # flow models only
             out[i] = engine.sample(r["n"], seed=r["seed"], labels=r["labels"], **flow)
         return
     num_classes = int(getattr(engine, "num_classes", 0) or 0)

@@ -16,7 +16,7 @@ from genloom.engine import autotune, backends
 from genloom.engine.base import (IMAGE_HW, Engine, InputError, check_labels, check_n, check_request, check_seed,
                                  noise)
 from genloom.export import ModelFile
-from genloom.models.flow import SAMPLERS, network_evaluations
+from genloom.models.flow import SAMPLERS, check_sampler, network_evaluations
 
 
 def _sampling(p: dict[str, Any], sampler: Any, config: Any) -> tuple[int, float, str]:
@@ -26,6 +26,10 @@ def _sampling(p: dict[str, Any], sampler: Any, config: Any) -> tuple[int, float,
     sampler = config.sampler if sampler is None else sampler
     if sampler not in SAMPLERS:
         raise InputError("sampler", f"must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    try:
+        check_sampler(config, sampler, steps)
+    except ValueError as e:
+        raise InputError("sampler", str(e)) from None
     return steps, guidance, str(sampler)
 
 

@@ -2,6 +2,7 @@
 
     z (B, C, H, W) → zero-pad to a multiple of p → p×p patches → tokens (B, T = ⌈H/p⌉², C·p²) → linear → D, + 2-D sin-cos positions (learned)
     c = MLP(sinusoidal(1000·t)) + embed(y)           (y = num_classes is the "no class" token for guidance)
+        [+ embed(k) for a shortcut model: the step-size level k, step d = 2^−k; ``models/flow.py``]
     n_layer blocks:  (shift, scale, gate) ×2 = Linear(SiLU(c))          — initialised to ZERO (adaLN-Zero)
                      x ← x + gate₁ · attn(LN(x)·(1 + scale₁) + shift₁)
                      x ← x + gate₂ · mlp(LN(x)·(1 + scale₂) + shift₂)
@@ -76,7 +77,7 @@ def sincos_2d(dim: int, h: int, w: int) -> torch.Tensor:
 
 class DiT(nn.Module):
     def __init__(self, *, in_channels: int, size: int, patch: int, dim: int, depth: int, heads: int,
-                 num_classes: int) -> None:
+                 num_classes: int, levels: int = 0) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
@@ -88,6 +89,10 @@ class DiT(nn.Module):
         self.t_embed = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.y_embed = nn.Embedding(num_classes + 1, dim)  # index num_classes = "no class" (dropped label)
         nn.init.normal_(self.y_embed.weight, std=0.02)
+        self.levels = levels
+        self.level_embed = nn.Embedding(levels, dim) if levels else None  # shortcut step-size level k → d = 2^−k
+        if self.level_embed is not None:
+            nn.init.normal_(self.level_embed.weight, std=0.02)
         self.blocks = nn.ModuleList(DiTBlock(dim, heads, tokens) for _ in range(depth))
         self.ln_f = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.ada_f = nn.Linear(dim, 2 * dim)
@@ -96,8 +101,10 @@ class DiT(nn.Module):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def forward(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """z (B, C, H, W), t (B,) in [0, 1], y (B,) class index or num_classes for none → v (B, C, H, W)."""
+    def forward(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor, level: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """z (B, C, H, W), t (B,) in [0, 1], y (B,) class index or num_classes for none → v (B, C, H, W).
+        ``level`` (B,) is a shortcut model's step-size level (default the finest, levels − 1: the velocity)."""
         B, C, H, W = z.shape
         p, g = self.patch, self.grid
         pad = g * p - H
@@ -106,6 +113,9 @@ class DiT(nn.Module):
         x = z.reshape(B, C, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(B, g * g, C * p * p)  # (B, T, C·p²)
         x = self.x_embed(x) + self.pos  # (B, T, D)
         c = self.t_embed(timestep_embedding(t, x.shape[-1])) + self.y_embed(y)  # (B, D)
+        if self.level_embed is not None:
+            k = torch.full_like(y, self.levels - 1) if level is None else level
+            c = c + self.level_embed(k)
         for blk in self.blocks:
             x = blk(x, c)
         shift, scale = self.ada_f(F.silu(c)).chunk(2, dim=1)  # each (B, D)

@@ -23,6 +23,15 @@ conditional velocity (w = 1) carries it (``distill_guidance`` records the teache
 step, no 2B guidance batch. A fraction ``label_drop`` of the pairs is unconditional (w = 0, "no class" token),
 so w = 0 still samples the unconditional model.
 
+Shortcut models (Frans et al. 2024, "One step diffusion via shortcut models"): few-step sampling learned in the
+same run, no teacher and no second stage. The DiT is also conditioned on a step-size level k (step d = 2^−k,
+k = 0 … L − 1) and s(x, t, k) predicts the *average* velocity over the next step, so x_{t−d} = x_t − d·s. The finest
+level L − 1 is the flow-matching velocity (its loss, as above); a fraction ``shortcut_frac`` of each batch instead
+trains level k < L − 1 on self-consistency — one step of size d equals two of size d/2 under the (EMA) network:
+    s(x_t, t, k) ← ½·[s(x_t, t, k + 1) + s(x_t − (d/2)·s(x_t, t, k + 1), t − d/2, k + 1)]   (no gradient),
+with t on the grid the k-level sampler visits (t = d, 2d, …, 1). Sampling with ``sampler="shortcut"`` and
+2^k steps takes 2^k Euler steps of size d at level k — 2^k network evaluations.
+
 The latent is the autoencoder's posterior (μ + σ·ε), normalised per channel by the training set's mean and
 standard deviation (stored in the file), so that data and noise have the same scale.
 """
@@ -35,11 +44,12 @@ from typing import Any, Callable, ClassVar, NamedTuple
 import torch
 from torch import nn
 
+from genloom.core.requests import shortcut_problem
 from genloom.models.autoencoder import AutoencoderConfig, Decoder
 from genloom.models.base import GenerativeModel, LossOutput, TrainerHooks
 from genloom.models.dit import DiT
 
-SAMPLERS = ("euler", "heun")
+SAMPLERS = ("euler", "heun", "shortcut")
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, t scalar tensor) → v
 
 
@@ -60,7 +70,7 @@ class FlowConfig:
     ema_kimg: float = 10.0  # EMA half-life cap in thousands of samples (0 = no EMA), as the GAN's
     ema_rampup: float = 0.05
     # sampler settings used when a call does not give its own
-    sampler: str = "heun"  # euler | heun
+    sampler: str = "heun"  # euler | heun | shortcut (a shortcut model's learned steps)
     sample_steps: int = 4  # ODE steps (Heun: 2·steps network evaluations); 8 measured no better (docs/benchmarks.md)
     # w: 0 unconditional, 1 conditional, > 1 guided. w = 4 on t ≤ 0.5 only (the low-noise half): ≥ 95 % of the
     # samples classified as asked at the lowest FID measured (docs/benchmarks.md, "Guidance scale and interval")
@@ -69,11 +79,18 @@ class FlowConfig:
     guidance_t_min: float = 0.0  # guidance interval: w applies for t in [min, max], min(w, 1) outside
     guidance_t_max: float = 0.5
     distill_guidance: float = 0.0  # > 0: a reflow student whose conditional velocity carries the teacher's w
+    # shortcut model: L step-size levels (steps 1, 2, …, 2^(L−1)); 0 = a plain flow-matching model
+    shortcut_levels: int = 0
+    shortcut_frac: float = 0.25  # the fraction of each batch trained on self-consistency (Frans et al.: 1/4)
     image_shape: tuple[int, ...] = (1, 28, 28)
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, not {self.sampler!r}")
+        if self.shortcut_levels == 1 or not 0 <= self.shortcut_levels <= 12 or not 0 < self.shortcut_frac < 1:
+            raise ValueError(f"shortcut_levels must be 0 (off) or 2 … 12, shortcut_frac in (0, 1); got "
+                             f"{self.shortcut_levels}, {self.shortcut_frac}")
+        check_sampler(self, self.sampler, self.sample_steps)
         if min(self.ae_channels, self.ae_dim, self.patch, self.dim, self.depth, self.heads, self.sample_steps) < 1:
             raise ValueError("ae_channels, ae_dim, patch, dim, depth, heads and sample_steps must be ≥ 1")
         if self.patch > 7:
@@ -166,7 +183,34 @@ def reflow_loss(v_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], nois
 
 def network_evaluations(steps: int, method: str) -> int:
     """Denoiser calls per sample (guidance batches the conditional and unconditional calls into one)."""
-    return steps if method == "euler" else 2 * steps
+    return 2 * steps if method == "heun" else steps
+
+
+def check_sampler(config: FlowConfig, sampler: str, steps: int) -> None:
+    """ValueError naming the fix when ``sampler`` cannot run ``steps`` steps on a model with ``config``."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
+    problem = shortcut_problem(config.shortcut_levels, steps) if sampler == "shortcut" else None
+    if problem:
+        raise ValueError(problem)
+
+
+def shortcut_targets(net: Callable[..., torch.Tensor], z0: torch.Tensor, eps: torch.Tensor, y: torch.Tensor,
+                     levels: int, *, generator: torch.Generator | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Self-consistency targets for a batch: (x_t, t, k, target), each level k uniform in 0 … L − 2 (step
+    d = 2^−k), t uniform on {d, 2d, …, 1}, and target = the mean of two d/2 steps of ``net`` at level k + 1.
+    net(x, t, y, level) → s; called without gradient."""
+    B = len(z0)
+    k = torch.randint(0, levels - 1, (B,), generator=generator)
+    d = torch.pow(2.0, -k.to(torch.float32))  # (B,)
+    t = (torch.floor(torch.rand(B, generator=generator) * 2.0 ** k) + 1) * d  # (B,) in {d, …, 1}
+    xt = interpolate(z0, eps, t)
+    half = d / 2
+    with torch.no_grad():
+        s1 = net(xt, t, y, k + 1)
+        s2 = net(xt - half.reshape(-1, 1, 1, 1) * s1, t - half, y, k + 1)
+    return xt, t, k, 0.5 * (s1 + s2)
 
 
 class FlowModel(GenerativeModel):
@@ -181,7 +225,7 @@ class FlowModel(GenerativeModel):
         self.config = c = config
         self.decoder = Decoder(AutoencoderConfig(channels=c.ae_channels, dim=c.ae_dim)).requires_grad_(False)
         self.dit = DiT(in_channels=c.ae_channels, size=7, patch=c.patch, dim=c.dim, depth=c.depth, heads=c.heads,
-                       num_classes=c.num_classes)
+                       num_classes=c.num_classes, levels=c.shortcut_levels)
         self.ema = copy.deepcopy(self.dit).requires_grad_(False)
         self.register_buffer("latent_mean", torch.zeros(c.ae_channels))  # per channel, of the posterior samples
         self.register_buffer("latent_std", torch.ones(c.ae_channels))
@@ -213,8 +257,17 @@ class FlowModel(GenerativeModel):
         eps = torch.randn_like(z0)
         null = torch.full_like(y, c.num_classes)
         y = torch.where(torch.rand(B) < c.label_drop, null, y) if c.num_classes else null  # label dropout
-        per = flow_matching_loss(lambda xt, tt: self.dit(xt, tt, y), z0, eps, t)  # (B,)
-        return LossOutput(per.mean(), {}, n=B)
+        if not c.shortcut_levels:
+            per = flow_matching_loss(lambda xt, tt: self.dit(xt, tt, y), z0, eps, t)  # (B,)
+            return LossOutput(per.mean(), {}, n=B)
+        # shortcut model: the first m rows train self-consistency (targets from the EMA), the rest flow matching
+        m = max(1, int(B * c.shortcut_frac))
+        target_net = self.ema if c.ema_kimg > 0 else self.dit
+        xs, ts, ks, target = shortcut_targets(target_net, z0[:m], eps[:m], y[:m], c.shortcut_levels)
+        sc = (self.dit(xs, ts, y[:m], ks) - target).pow(2).flatten(1).mean(1)  # (m,)
+        fm = flow_matching_loss(lambda xt, tt: self.dit(xt, tt, y[m:]), z0[m:], eps[m:], t[m:])  # (B − m,)
+        per = torch.cat([sc, fm])
+        return LossOutput(per.mean(), {"loss_fm": fm.mean().detach(), "loss_sc": sc.mean().detach()}, n=B)
 
     def train_step(self, batch: Any, optimizers: dict[str, torch.optim.Optimizer], step: int,
                    trainer: TrainerHooks) -> LossOutput:
@@ -237,16 +290,19 @@ class FlowModel(GenerativeModel):
 
     # -- sampling -------------------------------------------------------------------------------------------
     def velocity(self, net: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
-                 guidance: float) -> torch.Tensor:
-        """v = v_∅ + w·(v_y − v_∅); one batched call of 2B rows when 0 < w ≠ 1."""
+                 guidance: float, level: int | None = None) -> torch.Tensor:
+        """v = v_∅ + w·(v_y − v_∅); one batched call of 2B rows when 0 < w ≠ 1. ``level``: a shortcut model's
+        step-size level (None: the velocity)."""
         B = len(x)
         tt = t.reshape(()).expand(B).to(x.dtype)
         null = torch.full((B,), self.config.num_classes, dtype=torch.long)
+        k = None if level is None else torch.full((B,), level, dtype=torch.long)
         if y is None or guidance == 0:
-            return net(x, tt, null)
+            return net(x, tt, null, k)
         if guidance == 1:
-            return net(x, tt, y)
-        v = net(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([y, null]))  # (2B, C, 7, 7)
+            return net(x, tt, y, k)
+        k2 = None if k is None else torch.cat([k, k])
+        v = net(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([y, null]), k2)  # (2B, C, 7, 7)
         v_y, v_null = v[:B], v[B:]
         return v_null + guidance * (v_y - v_null)
 
@@ -273,11 +329,16 @@ class FlowModel(GenerativeModel):
             (float(guidance_interval[0]), float(guidance_interval[1]))
         if steps < 1 or guidance < 0 or not 0 <= interval[0] <= interval[1] <= 1:
             raise ValueError("steps must be ≥ 1, guidance ≥ 0 and the guidance interval within [0, 1]")
+        sampler = sampler or c.sampler
+        check_sampler(c, sampler, steps)
         net = self.ema if (bool(self.sample_from_ema) if ema is None else ema) else self.dit
         y = self.labels_for(len(noise), labels)
-        ts = time_grid(steps, shift=c.time_shift)
-        return integrate(lambda x, t: self.velocity(net, x, t, y, guidance_at(float(t), guidance, interval)),
-                         noise, ts, method=sampler or c.sampler, on_step=on_step)
+        level = None
+        if sampler == "shortcut":  # 2^k Euler steps of size 2^−k at level k, on the uniform grid it was trained on
+            level, sampler = steps.bit_length() - 1, "euler"
+        ts = time_grid(steps, shift=1.0 if level is not None else c.time_shift)
+        return integrate(lambda x, t: self.velocity(net, x, t, y, guidance_at(float(t), guidance, interval), level),
+                         noise, ts, method=sampler, on_step=on_step)
 
     @torch.no_grad()
     def reflow_pairs(self, n: int, *, generator: torch.Generator | None = None, batch_size: int = 256,

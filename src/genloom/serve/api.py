@@ -105,7 +105,7 @@ def routes(server: Server) -> list[BaseRoute]:
         svc = service(request)
         p, deadline = await body_of(request, svc, "sample")
         item = {"op": "sample", "n": p["n"], "seed": p["seed"], "labels": p["labels"],
-                **{k: p[k] for k in requests.FLOW_ONLY if p.get(k) is not None}}  # flow: steps, guidance
+                **{k: p[k] for k in requests.FLOW_ONLY if p.get(k) is not None}}  # flow: steps, guidance, sampler
         images = await submit(request, svc, item, size=p["n"], deadline=deadline, rid=rid)
         return image_response(images, p["format"], svc)
 
@@ -113,7 +113,7 @@ def routes(server: Server) -> list[BaseRoute]:
         svc = service(request)
         p, deadline = await body_of(request, svc, "trajectory")
         item = {"op": "trajectory", "n": p["n"], "seed": p["seed"], "labels": p["labels"], "steps": p["steps"],
-                "guidance": p["guidance"]}
+                "guidance": p["guidance"], "sampler": p["sampler"]}
         images = await submit(request, svc, item, size=p["n"], deadline=deadline, rid=rid)
         steps = p["steps"] or int(svc.header.config.get("sample_steps", 8))
         return Response(encode_images(images, p["format"], meta={"model": svc.name}, nrow=steps + 1),

@@ -351,6 +351,10 @@ function trajectorySection(m, names) {
   const seed = numberInput(0, { min: 0, class: "traj-seed" });
   const steps = numberInput(c.sample_steps ?? 8, { min: 1, max: 64, class: "traj-steps" });
   const guidance = numberInput(c.guidance ?? 1, { min: 0, max: 20, step: 0.5, class: "traj-guidance" });
+  // ODE solvers, and a shortcut model's learned steps (a power of two of them)
+  const samplers = ["heun", "euler", ...(Number(c.shortcut_levels || 0) ? ["shortcut"] : [])];
+  const sampler = el("select", { class: "traj-sampler" },
+    samplers.map((s) => el("option", { value: s, selected: s === (c.sampler || "heun") }, s)));
   const label = names.length
     ? el("select", { class: "traj-label" }, names.map((_, i) => el("option", { value: String(i) }, labelText(names, i))))
     : null;
@@ -361,25 +365,26 @@ function trajectorySection(m, names) {
   const section = el("section", { class: "block trajectory", dataset: { state: "loading" } },
     el("h3", {}, "Denoising trajectory"),
     el("div", { class: "controls" }, field("seed", seed), label ? field("class", label) : null,
-      field("steps", steps), field("guidance", guidance), go),
+      field("sampler", sampler), field("steps", steps), field("guidance", guidance), go),
     err, el("figure", {}, canvas, caption));
 
   async function run() {
     const k = Math.max(1, Math.min(64, intOf(steps, 8)));
     const w = Number.parseFloat(guidance.value);
-    const body = { n: 1, seed: intOf(seed, 0), steps: k, guidance: Number.isFinite(w) ? w : null, format: "json" };
+    const body = { n: 1, seed: intOf(seed, 0), steps: k, guidance: Number.isFinite(w) ? w : null,
+      sampler: sampler.value, format: "json" };
     if (label) body.labels = [Number(label.value)];
     const t0 = performance.now();
     await attempt(section, go, err, async () => {
       const r = await postJSON(`/v1/models/${encodeURIComponent(m.name)}/trajectory`, body);
       const images = (await r.json()).images; // 2·(k + 1) images: states x_t then predictions x̂₀, each + the sample
       drawImages(canvas, images, { cols: k + 1, scale: 2 });
-      const nfe = (c.sampler === "euler" ? 1 : 2) * k;
+      const nfe = (sampler.value === "heun" ? 2 : 1) * k;
       caption.textContent = `top: x_t from t = 1 (noise) to 0 · bottom: predicted image x̂₀ = x_t − t·v · ` +
-        `${k} ${c.sampler || "heun"} steps (${nfe} evaluations) · ${Math.round(performance.now() - t0)} ms`;
+        `${k} ${sampler.value} steps (${nfe} evaluations) · ${Math.round(performance.now() - t0)} ms`;
     }, { loading: true });
   }
-  for (const input of [seed, steps, guidance, label]) input?.addEventListener("change", run);
+  for (const input of [seed, steps, guidance, label, sampler]) input?.addEventListener("change", run);
   run();
   return section;
 }
