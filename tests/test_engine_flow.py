@@ -27,6 +27,7 @@ def test_engine_samples_by_seed_with_steps_and_guidance(flow_file):
     eng = load(flow_file)
     assert eng.kind == "flow" and eng.describe()["steps"] == 3
     assert eng.describe()["guidance_interval"] == [0.0, 0.5] and eng.describe()["distill_guidance"] == 0.0
+    assert eng.describe()["shortcut_levels"] == 0
     a = eng.sample(4, seed=3)
     assert a.shape == (4, 28, 28) and a.dtype == np.float32 and 0 <= a.min() and a.max() <= 1
     assert np.array_equal(a, eng.sample(4, seed=3))

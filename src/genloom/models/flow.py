@@ -257,11 +257,11 @@ class FlowModel(GenerativeModel):
         eps = torch.randn_like(z0)
         null = torch.full_like(y, c.num_classes)
         y = torch.where(torch.rand(B) < c.label_drop, null, y) if c.num_classes else null  # label dropout
-        if not c.shortcut_levels:
+        # a shortcut model's first m rows train self-consistency (targets from the EMA), the rest flow matching
+        m = min(int(B * c.shortcut_frac), B - 1) if c.shortcut_levels else 0
+        if not m:
             per = flow_matching_loss(lambda xt, tt: self.dit(xt, tt, y), z0, eps, t)  # (B,)
             return LossOutput(per.mean(), {}, n=B)
-        # shortcut model: the first m rows train self-consistency (targets from the EMA), the rest flow matching
-        m = max(1, int(B * c.shortcut_frac))
         target_net = self.ema if c.ema_kimg > 0 else self.dit
         xs, ts, ks, target = shortcut_targets(target_net, z0[:m], eps[:m], y[:m], c.shortcut_levels)
         sc = (self.dit(xs, ts, y[:m], ks) - target).pow(2).flatten(1).mean(1)  # (m,)
