@@ -162,7 +162,7 @@ FLOW_STEPS = Field("steps", INT, None, check=_range(1, None, MAX_FLOW_STEPS),
 GUIDANCE = Field("guidance", NUM, None, check=_range(0, None, MAX_GUIDANCE),
                  doc="flow models: classifier-free guidance w (0 unconditional, 1 conditional, > 1 guided; "
                      "null: the model file's default)")
-FLOW_SAMPLERS = ("euler", "heun", "shortcut")  # models/flow.py's SAMPLERS (kept here: no torch at the edge)
+FLOW_SAMPLERS = ("euler", "heun", "shortcut")  # models/flow.py's SAMPLERS (defined here: no torch at the edge)
 SAMPLER = Field("sampler", STR, None, check=_choice(*FLOW_SAMPLERS),
                 doc="flow models: euler | heun (ODE solvers) | shortcut (a shortcut model's learned steps; steps a "
                     "power of two) (null: the model file's default)",
