@@ -80,7 +80,7 @@ class FlowEngine(Engine):
         c = self.config
         return {**super().describe(), "sampler": c.sampler, "steps": c.sample_steps, "guidance": c.guidance,
                 "guidance_interval": [c.guidance_t_min, c.guidance_t_max], "distill_guidance": c.distill_guidance,
-                "shortcut_levels": c.shortcut_levels,
+                "shortcut_levels": c.shortcut_levels, "adversarial_steps": c.adv_steps,
                 "latent_shape": list(self.latent_shape), "num_classes": self.num_classes}
 
     def _noise(self, seed: int | None, n: int) -> torch.Tensor:

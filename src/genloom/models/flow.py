@@ -32,6 +32,15 @@ trains level k < L − 1 on self-consistency — one step of size d equals two o
 with t on the grid the k-level sampler visits (t = d, 2d, …, 1). Sampling with ``sampler="shortcut"`` and
 2^k steps takes 2^k Euler steps of size d at level k — 2^k network evaluations.
 
+Adversarial few-step generator (``adv_steps`` = n > 0; in the spirit of ADD, Sauer et al. 2023, and of the GAN
+family here): after the flow model has trained, a copy ``adv`` of its network is fine-tuned as a generator whose
+output is the n-step shortcut sampler's, G(ε) = decode(x₀), x₀ from n Euler steps of size 1/n at level log₂ n.
+A critic (the GAN family's conv critic, R3GAN loss with R1 + R2) sees decoded samples against real images, and a
+regression ‖x₀ − ODE_teacher(ε)‖² on the teacher's latents keeps G on the teacher's coupling (no mode collapse):
+    L_G = adv_loss_weight·E[softplus(D(x) − D(G(ε)))] + E‖x₀(ε) − z_teacher(ε)‖².
+The teacher (``dit``/``ema``) is frozen; ``sampler="shortcut"`` at n steps then runs ``adv_ema``, every other
+sampler and step count the teacher.
+
 The latent is the autoencoder's posterior (μ + σ·ε), normalised per channel by the training set's mean and
 standard deviation (stored in the file), so that data and noise have the same scale.
 """
@@ -48,6 +57,8 @@ from genloom.core.requests import FLOW_SAMPLERS, shortcut_problem
 from genloom.models.autoencoder import AutoencoderConfig, Decoder
 from genloom.models.base import GenerativeModel, LossOutput, TrainerHooks
 from genloom.models.dit import DiT
+from genloom.models.gan import r3gan_critic_loss, r3gan_generator_loss
+from genloom.models.gan_nets import ConvCritic
 
 SAMPLERS = FLOW_SAMPLERS  # euler | heun | shortcut: one list for the model and the request schema
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, t scalar tensor) → v
@@ -82,6 +93,12 @@ class FlowConfig:
     # shortcut model: L step-size levels (steps 1, 2, …, 2^(L−1)); 0 = a plain flow-matching model
     shortcut_levels: int = 0
     shortcut_frac: float = 0.25  # the fraction of each batch trained on self-consistency (Frans et al.: 1/4)
+    # adversarial few-step generator: > 0 = the shortcut sampler at this many steps runs ``adv``, a copy of the
+    # network fine-tuned with a critic on decoded images (plus a regression on the teacher's latents)
+    adv_steps: int = 0
+    adv_loss_weight: float = 1.0  # L_G = adv_loss_weight·L_adv + ‖z − z_teacher‖² (per latent dimension)
+    adv_grad_steps: int = 1  # backpropagate through the last this many of the adv_steps steps
+    adv_gamma: float = 0.1  # R1 + R2 weight of the critic (R3GAN's γ, as the GAN family's default)
     image_shape: tuple[int, ...] = (1, 28, 28)
 
     def __post_init__(self) -> None:
@@ -89,6 +106,10 @@ class FlowConfig:
             raise ValueError(f"shortcut_levels must be 0 (off) or 2 … 12, shortcut_frac in (0, 1); got "
                              f"{self.shortcut_levels}, {self.shortcut_frac}")
         check_sampler(self, self.sampler, self.sample_steps)
+        if self.adv_steps:
+            problem = shortcut_problem(self.shortcut_levels, self.adv_steps)
+            if problem or self.adv_grad_steps < 1 or self.adv_loss_weight < 0 or self.adv_gamma < 0:
+                raise ValueError(f"adv_steps: {problem or 'adv_grad_steps must be ≥ 1, adv_loss_weight and adv_gamma ≥ 0'}")
         if min(self.ae_channels, self.ae_dim, self.patch, self.dim, self.depth, self.heads, self.sample_steps) < 1:
             raise ValueError("ae_channels, ae_dim, patch, dim, depth, heads and sample_steps must be ≥ 1")
         if self.patch > 7:
@@ -164,6 +185,14 @@ def guidance_at(t: float, guidance: float, interval: tuple[float, float]) -> flo
     return guidance if lo <= t <= hi else min(guidance, 1.0)
 
 
+class AdversarialBatch(NamedTuple):
+    """A batch for the adversarial few-step stage: real images (B, 1, 28, 28) in [0, 1] for the critic, noise
+    ε (B, C, 7, 7) and the teacher's latent for it (B, C, 7, 7) for the regression."""
+    real: torch.Tensor
+    noise: torch.Tensor
+    target: torch.Tensor
+
+
 class ReflowBatch(NamedTuple):
     """A batch of coupled pairs for reflow: noise ε (B, C, 7, 7) at t = 1, the teacher's latent z₀ = ODE(ε) at
     t = 0 (same shape), and the class each pair was generated for (B,) (num_classes: unconditional)."""
@@ -191,6 +220,17 @@ def check_sampler(config: FlowConfig, sampler: str, steps: int) -> None:
     problem = shortcut_problem(config.shortcut_levels, steps) if sampler == "shortcut" else None
     if problem:
         raise ValueError(problem)
+
+
+@torch.no_grad()
+def _lerp_ema(ema: nn.Module, net: nn.Module, batch_size: int, seen: float, c: FlowConfig) -> None:
+    """ema ← β·ema + (1 − β)·θ, β = 0.5^(B/h), half-life h = min(ema_kimg·1000, ema_rampup·seen) samples
+    (the GAN's schedule, ``models/gan.py``: short early, so short runs are not averaged over their start)."""
+    if c.ema_kimg <= 0:
+        return
+    half_life = min(c.ema_kimg * 1000.0, c.ema_rampup * seen) if c.ema_rampup else c.ema_kimg * 1000.0
+    beta = 0.5 ** (batch_size / max(half_life, 1e-8))
+    torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1.0 - beta)
 
 
 def shortcut_targets(net: Callable[..., torch.Tensor], z0: torch.Tensor, eps: torch.Tensor, y: torch.Tensor,
@@ -229,6 +269,19 @@ class FlowModel(GenerativeModel):
         self.register_buffer("latent_std", torch.ones(c.ae_channels))
         self.register_buffer("ema_images", torch.zeros((), dtype=torch.float64))
         self.register_buffer("sample_from_ema", torch.tensor(c.ema_kimg > 0))
+        if c.adv_steps:  # the adversarial few-step generator, its EMA and its critic; the teacher is frozen
+            self.dit.requires_grad_(False)
+            self.adv = copy.deepcopy(self.dit).requires_grad_(True)
+            self.adv_ema = copy.deepcopy(self.dit)
+            self.critic = ConvCritic(dim=32, kernel=4, num_classes=0, norm="none", spectral=False)
+            self.register_buffer("adv_images", torch.zeros((), dtype=torch.float64))
+
+    def start_adversarial(self) -> None:
+        """Copy the teacher's sampling network into the generator and its EMA (the adversarial stage's start)."""
+        src = self.ema if bool(self.sample_from_ema) else self.dit
+        self.adv.load_state_dict(src.state_dict())
+        self.adv_ema.load_state_dict(src.state_dict())
+        self.adv_images.zero_()
 
     # -- latents --------------------------------------------------------------------------------------------
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
@@ -242,8 +295,15 @@ class FlowModel(GenerativeModel):
     # -- training -------------------------------------------------------------------------------------------
     def loss(self, batch: Any) -> LossOutput:
         """batch = (μ, σ, y): the normalised posterior of each image (B, C, 7, 7) twice, and its class (B,);
-        or a ``ReflowBatch`` of teacher pairs (reflow: t uniform in [0, 1], every step count sees its times)."""
+        or a ``ReflowBatch`` of teacher pairs (reflow: t uniform in [0, 1], every step count sees its times);
+        or an ``AdversarialBatch`` (the generator's loss, no step: for inspection)."""
         c = self.config
+        if isinstance(batch, AdversarialBatch):
+            z = self.few_step(self.adv, batch.noise, c.adv_steps)
+            adv = r3gan_generator_loss(self.critic, batch.real, self.decode(z), None)
+            reg = (z - batch.target).pow(2).flatten(1).mean(1).mean()
+            return LossOutput((c.adv_loss_weight * adv + reg).detach(), {"g_adv": adv.detach(), "reg": reg.detach()},
+                              n=len(z))
         if isinstance(batch, ReflowBatch):
             t = torch.rand(len(batch.noise))
             per = reflow_loss(lambda xt, tt: self.dit(xt, tt, batch.labels), batch.noise, batch.target, t)
@@ -267,24 +327,59 @@ class FlowModel(GenerativeModel):
         per = torch.cat([sc, fm])
         return LossOutput(per.mean(), {"loss_fm": fm.mean().detach(), "loss_sc": sc.mean().detach()}, n=B)
 
+    def configure_optimizers(self, tcfg: Any) -> dict[str, torch.optim.Optimizer]:
+        """AdamW for the DiT; with ``adv_steps``, Adam for the generator and the critic (R3GAN's betas (0, 0.99))."""
+        if not self.config.adv_steps:
+            return super().configure_optimizers(tcfg)
+        adam = dict(lr=tcfg.lr, betas=(0.0, 0.99), fused=True)
+        return {"adv": torch.optim.Adam(self.adv.parameters(), **adam),
+                "critic": torch.optim.Adam(self.critic.parameters(), **adam)}
+
     def train_step(self, batch: Any, optimizers: dict[str, torch.optim.Optimizer], step: int,
                    trainer: TrainerHooks) -> LossOutput:
+        if isinstance(batch, AdversarialBatch):
+            return self.adversarial_step(batch, trainer)
         out = super().train_step(batch, optimizers, step, trainer)
         self.update_ema(out.n)
         return out
 
+    def adversarial_step(self, batch: AdversarialBatch, trainer: TrainerHooks) -> LossOutput:
+        """One critic step on (real, G(ε)), then one generator step on L_G (module docstring), one batch of fakes."""
+        c = self.config
+        z = self.few_step(self.adv, batch.noise, c.adv_steps, grad_steps=c.adv_grad_steps)  # (B, C, 7, 7)
+        fake = self.decode(z)  # (B, 1, 28, 28): the frozen decoder passes the gradient to z
+        d_loss, m = r3gan_critic_loss(self.critic, batch.real, fake.detach(), None, gamma=c.adv_gamma)
+        m["d_grad_norm"] = trainer.clip_and_step("critic", d_loss)
+        self.critic.requires_grad_(False)  # no gradient spent on the critic's weights in the generator step
+        try:
+            adv = r3gan_generator_loss(self.critic, batch.real, fake, None)
+        finally:
+            self.critic.requires_grad_(True)
+        reg = (z - batch.target).pow(2).flatten(1).mean(1).mean()  # on the teacher's coupling
+        g_loss = c.adv_loss_weight * adv + reg
+        m["g_grad_norm"] = trainer.clip_and_step("adv", g_loss)
+        self.adv_images: torch.Tensor = self.adv_images + len(z)
+        _lerp_ema(self.adv_ema, self.adv, len(z), float(self.adv_images), c)
+        m.update(d_loss=d_loss.detach(), g_adv=adv.detach(), reg=reg.detach())
+        return LossOutput(g_loss.detach(), m, n=len(z))
+
+    def few_step(self, net: nn.Module, noise: torch.Tensor, steps: int, *, grad_steps: int = 0) -> torch.Tensor:
+        """The shortcut sampler's latents (label-free): ``steps`` Euler steps of size 1/steps at level log₂ steps,
+        from t = 1; the last ``grad_steps`` steps keep the autograd graph (the others run without it)."""
+        B, d = len(noise), 1.0 / steps
+        y = torch.full((B,), self.config.num_classes, dtype=torch.long)
+        k = torch.full((B,), steps.bit_length() - 1, dtype=torch.long)
+        x = noise
+        for i in range(steps):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and i >= steps - grad_steps):
+                x = x - d * net(x, torch.full((B,), 1.0 - i * d), y, k)
+        return x
+
     @torch.no_grad()
     def update_ema(self, batch_size: int) -> None:
-        """ema ← β·ema + (1 − β)·θ, β = 0.5^(B/h), half-life h = min(ema_kimg·1000, ema_rampup·seen) samples
-        (the GAN's schedule, ``models/gan.py``: short early, so short runs are not averaged over their start)."""
-        c = self.config
+        """ema ← β·ema + (1 − β)·θ (``_lerp_ema``), counting the images seen."""
         self.ema_images: torch.Tensor = self.ema_images + batch_size
-        if c.ema_kimg <= 0:
-            return
-        half_life = min(c.ema_kimg * 1000.0, c.ema_rampup * float(self.ema_images)) if c.ema_rampup \
-            else c.ema_kimg * 1000.0
-        beta = 0.5 ** (batch_size / max(half_life, 1e-8))
-        torch._foreach_lerp_(list(self.ema.parameters()), list(self.dit.parameters()), 1.0 - beta)
+        _lerp_ema(self.ema, self.dit, batch_size, float(self.ema_images), self.config)
 
     # -- sampling -------------------------------------------------------------------------------------------
     def velocity(self, net: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
@@ -329,11 +424,14 @@ class FlowModel(GenerativeModel):
             raise ValueError("steps must be ≥ 1, guidance ≥ 0 and the guidance interval within [0, 1]")
         sampler = sampler or c.sampler
         check_sampler(c, sampler, steps)
-        net = self.ema if (bool(self.sample_from_ema) if ema is None else ema) else self.dit
+        use_ema = bool(self.sample_from_ema) if ema is None else ema
+        net = self.ema if use_ema else self.dit
         y = self.labels_for(len(noise), labels)
         level = None
         if sampler == "shortcut":  # 2^k Euler steps of size 2^−k at level k, on the uniform grid it was trained on
             level, sampler = steps.bit_length() - 1, "euler"
+            if steps == c.adv_steps:  # the adversarially fine-tuned generator
+                net = self.adv_ema if use_ema else self.adv
         ts = time_grid(steps, shift=1.0 if level is not None else c.time_shift)
         return integrate(lambda x, t: self.velocity(net, x, t, y, guidance_at(float(t), guidance, interval), level),
                          noise, ts, method=sampler, on_step=on_step)

@@ -112,6 +112,15 @@ def r3gan_critic_loss(critic: Critic, real: torch.Tensor, fake: torch.Tensor, la
     return loss, {"w_dist": (d_real.mean() - d_fake.mean()).detach(), "penalty": (r1 + r2).detach()}
 
 
+def r3gan_generator_loss(critic: Critic, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None
+                         ) -> torch.Tensor:
+    """R3GAN's generator side: L_G = E[f(D(x) − D(G(z)))], f = softplus; gradient through the fakes only."""
+    d_fake = critic(fake, labels)  # (B,)
+    with torch.no_grad():
+        d_real = critic(real, labels)
+    return F.softplus(d_real - d_fake).mean()
+
+
 class GAN(GenerativeModel):
     kind: ClassVar[str] = "gan"
     config_class: ClassVar[type] = GANConfig
@@ -185,12 +194,9 @@ class GAN(GenerativeModel):
         return r3gan_critic_loss(self.critic, real, fake, labels, gamma=c.gp_weight)
 
     def generator_loss(self, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        d_fake = self.critic(fake, labels)  # (B,)
         if self.config.loss == "r3gan":
-            with torch.no_grad():
-                d_real = self.critic(real, labels)
-            return F.softplus(d_real - d_fake).mean()  # L_G = E[f(D(x) − D(G(z)))], f = softplus
-        return -d_fake.mean()  # WGAN and hinge: L_G = −E[D(G(z))]
+            return r3gan_generator_loss(self.critic, real, fake, labels)
+        return -self.critic(fake, labels).mean()  # WGAN and hinge: L_G = −E[D(G(z))]
 
     # -- training -------------------------------------------------------------------------------------------------
     def configure_optimizers(self, tcfg: Any) -> dict[str, torch.optim.Optimizer]:

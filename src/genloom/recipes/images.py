@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,16 +27,16 @@ def load_splits(args: argparse.Namespace) -> ImageSplits:
     return splits
 
 
-def sample_grid_callback(n: int = 64, *, seed: int = 1234, labels: torch.Tensor | None = None):
+def sample_grid_callback(n: int = 64, *, seed: int = 1234, labels: torch.Tensor | None = None, **generate_kw: Any):
     """Write OUT/samples/epoch-NNN.png after every epoch, always from the same latent draws (and the grid to
-    TensorBoard as ``samples``)."""
+    TensorBoard as ``samples``); ``generate_kw`` goes to the model's ``generate``."""
 
     def cb(trainer) -> None:
         model = trainer.model
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            imgs = model.generate(n, generator=torch.Generator().manual_seed(seed), labels=labels)
+            imgs = model.generate(n, generator=torch.Generator().manual_seed(seed), labels=labels, **generate_kw)
         model.train(was_training)
         x = imgs.float().cpu().numpy()
         save_grid(x, Path(trainer.out) / "samples" / f"epoch-{trainer.epoch:03d}.png",
