@@ -125,3 +125,38 @@ def test_amqp_serves_flow_samples_as_the_engine_does(flow_path: Path) -> None:
         assert not isinstance(r, Exception) and r.ok, r
         kw = {k: p[k] for k in ("steps", "guidance", "labels", "sampler") if k in p}
         np.testing.assert_allclose(m.decode_images(r.result), eng.sample(p["n"], seed=p["seed"], **kw), atol=1e-6)
+
+
+def test_http_serves_the_adversarial_generator_by_default_and_the_teacher_otherwise(tmp_path: Path) -> None:
+    """A file with an adversarial 4-step generator: HTTP's default request (no sampler, no steps) runs the generator
+    (4 shortcut steps), any other setting the teacher — the same images as a file holding the teacher alone."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    cfg = FlowConfig(ae_channels=2, ae_dim=8, dim=16, depth=1, heads=2, num_classes=0, shortcut_levels=3,
+                     adv_steps=4, sampler="shortcut", sample_steps=4)
+    m = FlowModel(cfg)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(std=0.1)
+    m.ema.load_state_dict(m.dit.state_dict())
+    teacher = FlowModel(dataclasses.replace(cfg, adv_steps=0))
+    teacher.load_state_dict(m.state_dict(), strict=False)
+    adv_path, plain_path = save(m, tmp_path / "adv.safetensors"), save(teacher, tmp_path / "plain.safetensors")
+    plain = load(plain_path)
+    proc = Proc([f"flowadv={adv_path}"], free_port())
+    try:
+        url = f"{proc.url}/v1/models/flowadv/sample"
+        r = httpx.post(url, json={"n": 2, "seed": 3, "format": "npy"}, timeout=60)
+        assert r.status_code == 200, r.text
+        got = np.load(io.BytesIO(r.content))
+        np.testing.assert_allclose(got, load(adv_path).sample(2, seed=3, sampler="shortcut", steps=4), atol=1e-6)
+        assert not np.allclose(got, plain.sample(2, seed=3, sampler="shortcut", steps=4), atol=1e-3)
+        for body in ({"sampler": "shortcut", "steps": 2}, {"sampler": "heun", "steps": 2}):
+            r = httpx.post(url, json={"n": 2, "seed": 3, "format": "npy", **body}, timeout=60)
+            assert r.status_code == 200, r.text
+            np.testing.assert_allclose(np.load(io.BytesIO(r.content)), plain.sample(2, seed=3, **body), atol=1e-6)
+        info = httpx.get(f"{proc.url}/v1/models", timeout=30).json()["models"][0]
+        assert info["kind"] == "flow", info
+    finally:
+        proc.stop()

@@ -57,8 +57,8 @@ UNCONDITIONAL_SAMPLE_STEPS = 8
 # 4 Euler steps of the plain model scored 32.56 (8 levels: 22.65; docs/benchmarks.md)
 UNCONDITIONAL_SHORTCUT_LEVELS = 6
 # ... and its last 30 % (of the DiT's share) train the adversarial 4-step generator, which the file samples with by
-# default: in 30 minutes on one CPU, 4 evaluations scored FID 11.7 where the plain run's 8 Heun steps (16
-# evaluations) scored 15.4 and its 4 shortcut steps 28.8 (docs/benchmarks.md, "Adversarial few-step generator")
+# default: in 30 minutes on one CPU, 4 evaluations scored FID 10.03 where a plain run's 8 Heun steps (16
+# evaluations) scored 15.38 and its 4 shortcut steps 28.77 (docs/benchmarks.md, "Adversarial few-step generator")
 UNCONDITIONAL_ADV_FRAC = 0.3
 AE_DEFAULTS: dict[str, Any] = {"batch_size": 32, "betas": (0.9, 0.99), "schedule": "wsd",
                                "decay_frac": 0.2, "weight_decay": 0.0}
