@@ -18,8 +18,7 @@ import torch
 from genloom import export
 from genloom.data.images import load_images
 from genloom.models.flow import FlowModel
-from genloom.recipes.flow import ADV_DEFAULTS
-from genloom.recipes.flow_stages import AdversarialBatches
+from genloom.recipes.flow import ADV_DEFAULTS, AdversarialBatches
 from genloom.training.trainer import TrainConfig, Trainer
 
 p = argparse.ArgumentParser()
